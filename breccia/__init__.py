@@ -1,0 +1,40 @@
+"""breccia: block-scaled low-precision tensors for PyTorch.
+
+One type, :class:`ScaledTensor`, holds an FP8 / MXFP8 / NVFP4 / INT4 payload
+with the scales that give it meaning, and is a real ``torch.Tensor``.
+"""
+
+from .api import cast, dequantize, requantize
+from .layouts import Layout, Plain
+from .recipes import (
+    DelayedScaling,
+    Float8BlockScaling,
+    Float8CurrentScaling,
+    INT4Scaling,
+    MXFP8BlockScaling,
+    NVFP4BlockScaling,
+    QuantSpec,
+    Recipe,
+    recipe_from_json,
+)
+from .tensor import ScaledTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ScaledTensor",
+    "cast",
+    "dequantize",
+    "requantize",
+    "Recipe",
+    "QuantSpec",
+    "DelayedScaling",
+    "Float8CurrentScaling",
+    "Float8BlockScaling",
+    "MXFP8BlockScaling",
+    "NVFP4BlockScaling",
+    "INT4Scaling",
+    "recipe_from_json",
+    "Layout",
+    "Plain",
+]

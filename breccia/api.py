@@ -1,0 +1,118 @@
+"""``cast``, ``dequantize`` and ``requantize``: the type's core operations."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from .formats import rounding_noise
+from .library import dequantize_op, quantize_op
+from .quantize import block_for
+from .recipes import ROLES, Recipe
+from .tensor import ScaledTensor
+
+__all__ = ["cast", "dequantize", "requantize", "as_tensor"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def as_tensor(x: Any, name: str = "x") -> torch.Tensor:
+    """A torch tensor from a torch tensor or any DLPack array (zero-copy)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if hasattr(x, "__dlpack__"):
+        return torch.from_dlpack(x)
+    raise TypeError(
+        f"{name}: expected a torch.Tensor or an array with __dlpack__ (NumPy, JAX, MLX, ...), "
+        f"got {type(x).__name__}"
+    )
+
+
+def _check_recipe(recipe: Any) -> None:
+    if not isinstance(recipe, Recipe):
+        raise TypeError(
+            "recipe: expected a breccia recipe (e.g. breccia.Float8CurrentScaling()), "
+            f"got {type(recipe).__name__}"
+        )
+
+
+def cast(
+    x: Any,
+    recipe: Recipe,
+    role: str = "weight",
+    *,
+    amax_history: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> ScaledTensor:
+    """Quantize ``x`` by ``recipe``'s numerics for ``role``.
+
+    ``x``: a float tensor (fp32/bf16/fp16/fp64) of any shape (blocks run along
+    the last dim; 2-D weight blocks cover the last two), or any DLPack array.
+    ``amax_history``: for DelayedScaling, the history (newest first) whose
+    amax sets the scale; without it the tensor's own amax is used.
+    ``generator``: drives stochastic rounding where the recipe asks for it.
+    """
+    x = as_tensor(x)
+    _check_recipe(recipe)
+    if role not in ROLES:
+        raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
+    if isinstance(x, ScaledTensor):
+        raise TypeError("x: already a ScaledTensor; use breccia.requantize(x, recipe) to change its recipe")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"x: expected a floating-point tensor (float32, bfloat16, float16 or float64), got {x.dtype}"
+        )
+    if x.dim() == 0:
+        raise ValueError("x: expected at least one dimension, got a 0-d tensor")
+    spec = recipe.spec(role)
+    if amax_history is not None and spec.scale_format != "fp32":
+        raise ValueError(f"amax_history: only tensorwise FP8 recipes take one, not {recipe.name}")
+    noise = rounding_noise(x.shape, x.device, generator) if spec.stochastic else None
+    qdata, scale, gs, zp = quantize_op(x, spec.to_json(), amax_history, noise)
+    return ScaledTensor(
+        qdata,
+        scale,
+        global_scale=gs if spec.has_global_scale else None,
+        zero_point=zp if spec.has_zero_point else None,
+        recipe=recipe,
+        role=role,
+        block=block_for(spec.block, x.dim()),
+        shape=tuple(x.shape),
+        orig_dtype=torch.float32 if x.dtype == torch.float64 else x.dtype,
+    )
+
+
+def dequantize(st: ScaledTensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The high-precision values of ``st`` (``dtype`` defaults to its original
+    dtype)."""
+    if not isinstance(st, ScaledTensor):
+        raise TypeError(f"st: expected a ScaledTensor, got {type(st).__name__}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+    from .layouts import Plain
+
+    if st.qlayout != Plain():
+        from .layouts import relayout
+
+        st = relayout(st, Plain())
+    return dequantize_op(
+        st.qdata,
+        st.scale,
+        st.global_scale,
+        st.zero_point,
+        st.spec.to_json(),
+        list(st.block),
+        list(st.shape),
+        dtype or st.orig_dtype,
+    )
+
+
+def requantize(st: ScaledTensor, recipe: Recipe, role: Optional[str] = None) -> ScaledTensor:
+    """``st`` re-expressed in another recipe (or role): dequantize in float32,
+    then cast. The result keeps ``st``'s original dtype."""
+    if not isinstance(st, ScaledTensor):
+        raise TypeError(f"st: expected a ScaledTensor, got {type(st).__name__}")
+    _check_recipe(recipe)
+    out = cast(dequantize(st, torch.float32), recipe, role or st.role)
+    return out.with_inner(orig_dtype=st.orig_dtype)

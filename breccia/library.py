@@ -1,0 +1,75 @@
+"""breccia's operations as ``torch.library`` custom ops.
+
+Registering them (with fake implementations that only compute shapes) lets
+``torch.compile`` trace ``cast`` and ``dequantize`` with no graph break, and
+keeps their bits identical to eager: Inductor treats each op as one opaque
+call. The kernel router (``breccia.kernels``) decides which implementation
+runs; on any device the reference in :mod:`breccia.quantize` is correct.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .quantize import block_for, dequantize_reference, payload_shape, quantize_reference, scale_grid_shape
+from .recipes import QuantSpec
+
+__all__ = ["quantize_op", "dequantize_op"]
+
+
+def _empty(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(0, dtype=dtype, device=x.device)
+
+
+@torch.library.custom_op("breccia::quantize", mutates_args=())
+def quantize_op(
+    x: torch.Tensor,
+    spec: str,
+    amax_history: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize ``x`` by the JSON ``spec`` (a :class:`QuantSpec`).
+
+    Returns ``(qdata, scale, global_scale, zero_point)``; the last two are
+    empty tensors where the spec has none."""
+    s = QuantSpec.from_json(spec)
+    q = quantize_reference(x, s, amax_history=amax_history, noise=noise)
+    gs = q.global_scale if q.global_scale is not None else _empty(x, torch.float32)
+    zp = q.zero_point if q.zero_point is not None else _empty(x, torch.uint8)
+    return q.qdata, q.scale, gs, zp
+
+
+@quantize_op.register_fake
+def _(x, spec, amax_history=None, noise=None):
+    s = QuantSpec.from_json(spec)
+    shape = tuple(x.shape)
+    grid = scale_grid_shape(shape, block_for(s.block, len(shape)))
+    qdata = x.new_empty(payload_shape(shape, s.fmt), dtype=s.fmt.storage)
+    scale = x.new_empty(grid, dtype=s.scale_torch_dtype)
+    gs = x.new_empty((), dtype=torch.float32) if s.has_global_scale else _empty(x, torch.float32)
+    zp = x.new_empty(grid, dtype=torch.uint8) if s.has_zero_point else _empty(x, torch.uint8)
+    return qdata, scale, gs, zp
+
+
+@torch.library.custom_op("breccia::dequantize", mutates_args=())
+def dequantize_op(
+    qdata: torch.Tensor,
+    scale: torch.Tensor,
+    global_scale: Optional[torch.Tensor],
+    zero_point: Optional[torch.Tensor],
+    spec: str,
+    block: Sequence[int],
+    shape: Sequence[int],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``decode(qdata) * scale`` as a tensor of logical ``shape`` and ``dtype``."""
+    return dequantize_reference(
+        qdata, scale, global_scale, zero_point, QuantSpec.from_json(spec), block, shape, dtype
+    )
+
+
+@dequantize_op.register_fake
+def _(qdata, scale, global_scale, zero_point, spec, block, shape, dtype):
+    return qdata.new_empty(tuple(shape), dtype=dtype)

@@ -1,0 +1,47 @@
+"""The op table: every aten op a ScaledTensor handles, in one place.
+
+Each family lives in its own module and registers with ``@implements``:
+
+- ``copy.py``      -- detach, clone, device and dtype moves
+- ``fallback.py``  -- anything else: dequantize, run in high precision, warn
+  once per op; in-place ops that would lose data raise instead
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = ["OP_TABLE", "implements", "dispatch"]
+
+#: aten overload -> implementation(func, args, kwargs)
+OP_TABLE: dict = {}
+
+
+def implements(*ops) -> Callable:
+    """Register an implementation for one or more aten ops (overload packets
+    register every overload)."""
+
+    def decorator(fn):
+        for op in ops:
+            if isinstance(op, torch._ops.OpOverloadPacket):
+                for name in op.overloads():
+                    OP_TABLE[getattr(op, name)] = fn
+            else:
+                OP_TABLE[op] = fn
+        return fn
+
+    return decorator
+
+
+def dispatch(func, types, args, kwargs):
+    impl = OP_TABLE.get(func)
+    if impl is not None:
+        return impl(func, args, kwargs)
+    from .fallback import fallback
+
+    return fallback(func, args, kwargs)
+
+
+from . import copy, fallback  # noqa: E402,F401  (registration side effects)
