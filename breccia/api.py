@@ -7,9 +7,10 @@ from typing import Any, Optional
 import torch
 
 from .formats import rounding_noise
+from .layouts import Plain
 from .library import dequantize_op, quantize_op
 from .quantize import block_for
-from .recipes import ROLES, Recipe
+from .recipes import ROLES, DelayedScaling, Recipe
 from .tensor import ScaledTensor
 
 __all__ = ["cast", "dequantize", "requantize", "as_tensor"]
@@ -66,10 +67,13 @@ def cast(
     if x.dim() == 0:
         raise ValueError("x: expected at least one dimension, got a 0-d tensor")
     spec = recipe.spec(role)
-    if amax_history is not None and spec.scale_format != "fp32":
-        raise ValueError(f"amax_history: only tensorwise FP8 recipes take one, not {recipe.name}")
+    amax = None
+    if amax_history is not None:
+        if not isinstance(recipe, DelayedScaling):
+            raise ValueError(f"amax_history: only DelayedScaling takes one, not {recipe.name}")
+        amax = recipe.history_amax(amax_history)
     noise = rounding_noise(x.shape, x.device, generator) if spec.stochastic else None
-    qdata, scale, gs, zp = quantize_op(x, spec.to_json(), amax_history, noise)
+    qdata, scale, gs, zp = quantize_op(x, spec.to_key(), amax, noise)
     return ScaledTensor(
         qdata,
         scale,
@@ -90,18 +94,14 @@ def dequantize(st: ScaledTensor, dtype: Optional[torch.dtype] = None) -> torch.T
         raise TypeError(f"st: expected a ScaledTensor, got {type(st).__name__}")
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
-    from .layouts import Plain
-
-    if st.qlayout != Plain():
-        from .layouts import relayout
-
-        st = relayout(st, Plain())
+    if st.qlayout is not Plain:
+        raise NotImplementedError(f"dequantize: layout {st.qlayout} (relayout to Plain first)")
     return dequantize_op(
         st.qdata,
         st.scale,
         st.global_scale,
         st.zero_point,
-        st.spec.to_json(),
+        st.spec_key,
         list(st.block),
         list(st.shape),
         dtype or st.orig_dtype,

@@ -2,36 +2,35 @@
 
 Changing layout is lossless. ``Plain`` is the canonical one: payload row-major
 with K (the last logical dim) contiguous, scales as a row-major grid.
+
+A layout is an enum member (``breccia.Plain`` is ``Layout.PLAIN``): it travels
+in ScaledTensor's flatten context, and torch.compile treats enums as constants.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
 
-__all__ = ["Layout", "Plain", "LAYOUTS", "layout_from_name"]
+__all__ = ["Layout", "Plain", "layout_from_name"]
 
 
-class Layout:
-    """Base of the layouts; each is a frozen, hashable dataclass."""
+class Layout(enum.Enum):
+    """Where payload and scales live in memory."""
 
-    @property
-    def name(self) -> str:
-        return type(self).__name__
+    #: payload row-major, K contiguous; scales a row-major grid
+    PLAIN = "Plain"
 
     def __repr__(self) -> str:
-        return self.name
+        return self.value
+
+    __str__ = __repr__
 
 
-@dataclass(frozen=True, repr=False)
-class Plain(Layout):
-    """Payload row-major, K contiguous; scales a row-major grid."""
-
-
-LAYOUTS: dict[str, type] = {"Plain": Plain}
+Plain = Layout.PLAIN
 
 
 def layout_from_name(name: str) -> Layout:
     try:
-        return LAYOUTS[name]()
-    except KeyError:
-        raise ValueError(f"layout: expected one of {sorted(LAYOUTS)}, got {name!r}") from None
+        return Layout(name)
+    except ValueError:
+        raise ValueError(f"layout: expected one of {[m.value for m in Layout]}, got {name!r}") from None

@@ -27,23 +27,23 @@ def _empty(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def quantize_op(
     x: torch.Tensor,
     spec: str,
-    amax_history: Optional[torch.Tensor] = None,
+    amax: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize ``x`` by the JSON ``spec`` (a :class:`QuantSpec`).
 
     Returns ``(qdata, scale, global_scale, zero_point)``; the last two are
     empty tensors where the spec has none."""
-    s = QuantSpec.from_json(spec)
-    q = quantize_reference(x, s, amax_history=amax_history, noise=noise)
+    s = QuantSpec.from_key(spec)
+    q = quantize_reference(x, s, amax=amax, noise=noise)
     gs = q.global_scale if q.global_scale is not None else _empty(x, torch.float32)
     zp = q.zero_point if q.zero_point is not None else _empty(x, torch.uint8)
     return q.qdata, q.scale, gs, zp
 
 
 @quantize_op.register_fake
-def _(x, spec, amax_history=None, noise=None):
-    s = QuantSpec.from_json(spec)
+def _(x, spec, amax=None, noise=None):
+    s = QuantSpec.from_key(spec)
     shape = tuple(x.shape)
     grid = scale_grid_shape(shape, block_for(s.block, len(shape)))
     qdata = x.new_empty(payload_shape(shape, s.fmt), dtype=s.fmt.storage)
@@ -66,7 +66,7 @@ def dequantize_op(
 ) -> torch.Tensor:
     """``decode(qdata) * scale`` as a tensor of logical ``shape`` and ``dtype``."""
     return dequantize_reference(
-        qdata, scale, global_scale, zero_point, QuantSpec.from_json(spec), block, shape, dtype
+        qdata, scale, global_scale, zero_point, QuantSpec.from_key(spec), block, shape, dtype
     )
 
 

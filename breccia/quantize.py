@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import formats
-from .recipes import WHOLE, QuantSpec, _TINY
+from .recipes import WHOLE, DelayedScaling, QuantSpec, _TINY
 
 __all__ = [
     "Quantized",
@@ -27,6 +27,7 @@ __all__ = [
     "quantize_reference",
     "dequantize_reference",
     "expand_scale",
+    "scale_from_amax_history",
 ]
 
 _NVFP4_GLOBAL_DIVISOR = 448.0 * 6.0
@@ -132,6 +133,16 @@ def _fp32_scale(amax: torch.Tensor, fmax: float, rule: str, margin: int = 0) -> 
     return s
 
 
+def scale_from_amax_history(
+    amax_history: torch.Tensor, recipe: DelayedScaling, role: str = "input"
+) -> torch.Tensor:
+    """The DelayedScaling rule: the dequantization scale (0-d float32) that
+    ``cast(x, recipe, role, amax_history=amax_history)`` uses,
+    ``history_amax * 2**margin / fp8_max``; an all-zero history gives 1."""
+    spec = recipe.spec(role)
+    return _fp32_scale(recipe.history_amax(amax_history), spec.fmt.max, "amax", spec.margin)
+
+
 def _e8m0_exponent(amax: torch.Tensor, fmt: formats.ElementFormat, rule: str) -> torch.Tensor:
     """Unbiased e8m0 exponent (int32) of each block's scale."""
     if rule == "floor":
@@ -148,6 +159,14 @@ def _e8m0_exponent(amax: torch.Tensor, fmt: formats.ElementFormat, rule: str) ->
     return e_field + up.to(torch.int32) - 127
 
 
+def _round_up_to(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``s`` in ``dtype``, rounded up rather than to nearest, so that a scale
+    stored in bf16/fp16 never makes the group's extremes overflow the grid."""
+    r = s.to(dtype)
+    bumped = torch.nextafter(r, torch.full_like(r, math.inf))
+    return torch.where(r.to(torch.float32) < s, bumped, r)
+
+
 # --------------------------------------------------------------------------- quantize
 
 
@@ -155,14 +174,15 @@ def quantize_reference(
     x: torch.Tensor,
     spec: QuantSpec,
     *,
-    amax_history: Optional[torch.Tensor] = None,
+    amax: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
 ) -> Quantized:
     """Quantize ``x`` (any float dtype, any shape) by ``spec``.
 
-    ``amax_history``: for DelayedScaling-style tensorwise scaling, a 1-D
-    history whose max (``spec.scale_rule`` "amax") sets the scale; ``noise``:
-    uniform [0, 1) of ``x``'s shape, for stochastic rounding."""
+    ``amax``: for fp32-scaled (FP8) specs, a precomputed amax (one element)
+    that replaces the tensor's own -- the delayed-scaling history's, or one
+    all-reduced across ranks; ``noise``: uniform [0, 1) of ``x``'s shape, for
+    stochastic rounding."""
     fmt = spec.fmt
     shape = tuple(x.shape)
     block_form = block_for(spec.block, len(shape))
@@ -183,15 +203,14 @@ def quantize_reference(
     xf = x.to(torch.float32)
     xb = _to_blocks(xf, block)
     bdims = _block_dims(len(shape))
+    given_amax = amax
     amax = xb.abs().amax(dim=bdims, keepdim=True)
     global_scale = zero_point = None
     nb = None if noise is None else _to_blocks(noise.to(torch.float32), block)
 
     if spec.scale_format == "fp32":
-        if amax_history is not None:
-            if amax_history.numel() < 1:
-                raise ValueError("amax_history: expected at least one entry, got an empty tensor")
-            amax = amax_history.to(device=dev, dtype=torch.float32).amax().reshape([1] * amax.ndim)
+        if given_amax is not None:
+            amax = given_amax.to(device=dev, dtype=torch.float32).reshape([1] * amax.ndim).expand_as(amax)
         s = _fp32_scale(amax, fmt.max, spec.scale_rule, spec.margin)
         q = formats.encode_fp8(xb / s, fmt)
         scale = s
@@ -210,16 +229,20 @@ def quantize_reference(
         scale, global_scale = bs, g
     else:  # INT4 groups, bf16/fp16 scales
         finfo = torch.finfo(sdtype)
+        # scales clamp into the scale dtype's finite range: huge groups
+        # saturate rather than decode to inf or NaN
         if spec.scale_rule == "symmetric":
-            s = (amax / 7.5).to(sdtype)
-            s = torch.where(amax == 0, torch.ones_like(s), torch.clamp(s, min=finfo.tiny))
+            s = _round_up_to(torch.clamp(amax / 7.5, min=finfo.tiny, max=finfo.max), sdtype)
+            s = torch.where(amax == 0, torch.ones_like(s), s)
             sf = s.to(torch.float32)
             q = formats.encode_int4(xb / sf, signed=True, noise=nb)
         else:
             mn = torch.clamp(xb.amin(dim=bdims, keepdim=True), max=0.0)
             mx = torch.clamp(xb.amax(dim=bdims, keepdim=True), min=0.0)
-            s = ((mx - mn) / 15.0).to(sdtype)
-            s = torch.where(mx == mn, torch.ones_like(s), torch.clamp(s, min=finfo.tiny))
+            span = mx - mn  # may overflow float32 for finite extremes
+            s = torch.where(torch.isinf(span) & torch.isfinite(mx) & torch.isfinite(mn), mx / 15.0 - mn / 15.0, span / 15.0)
+            s = _round_up_to(torch.clamp(s, min=finfo.tiny, max=finfo.max), sdtype)
+            s = torch.where(mx == mn, torch.ones_like(s), s)
             sf = s.to(torch.float32)
             zp = torch.clamp(torch.round(-mn / sf), 0, 15)
             q = formats.encode_int4(xb / sf + zp, signed=False, noise=nb)
@@ -272,7 +295,7 @@ def dequantize_reference(
     s = _scale_values(scale, spec)
     if zero_point is not None:
         v = v - expand_scale(zero_point.to(torch.float32), block, shape)
-    out = v * expand_scale(s, block, shape)
     if global_scale is not None:
-        out = out * global_scale.to(torch.float32)
-    return out.to(dtype)
+        # combine the two levels first, as GEMMs (and torchao) do
+        s = s * global_scale.to(torch.float32)
+    return (v * expand_scale(s, block, shape)).to(dtype)

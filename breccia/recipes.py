@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Optional
 
 import torch
+from torch.utils._pytree import register_constant
 
 from .formats import element_format, scale_dtype
 
@@ -33,7 +33,6 @@ __all__ = [
     "RECIPES",
     "recipe_from_dict",
     "recipe_from_json",
-    "scale_from_amax_history",
 ]
 
 ROLES = ("input", "weight", "grad_output")
@@ -95,15 +94,19 @@ class QuantSpec:
     def has_zero_point(self) -> bool:
         return self.scale_rule == "asymmetric"
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+    def to_key(self) -> str:
+        """A compact string naming this spec (what custom ops take: plain
+        string formatting, so torch.compile folds it to a constant)."""
+        block = ",".join([str(b) for b in self.block])
+        return f"{self.element}|{self.scale_format}|{block}|{self.scale_rule}|{self.margin}|{int(self.stochastic)}"
 
     @staticmethod
     @lru_cache(maxsize=None)
-    def from_json(text: str) -> "QuantSpec":
-        d = json.loads(text)
-        d["block"] = tuple(d["block"])
-        return QuantSpec(**d)
+    def from_key(key: str) -> "QuantSpec":
+        element, scale_format, block, rule, margin, stochastic = key.split("|")
+        return QuantSpec(
+            element, scale_format, tuple(int(b) for b in block.split(",")), rule, int(margin), bool(int(stochastic))
+        )
 
 
 def _check_block(name: str, block: Any, *, allow_whole: bool = False) -> None:
@@ -198,6 +201,14 @@ class DelayedScaling(Recipe):
 
     def _spec(self, role: str) -> QuantSpec:
         return QuantSpec(_fp8_element(self.fp8_format, role), "fp32", (WHOLE, WHOLE), "amax", self.margin)
+
+    def history_amax(self, amax_history: torch.Tensor) -> torch.Tensor:
+        """The amax the scale is derived from: the history's max, or its newest
+        entry (index 0, TransformerEngine's convention)."""
+        if not isinstance(amax_history, torch.Tensor) or amax_history.numel() == 0:
+            raise ValueError("amax_history: expected a non-empty tensor of past amaxes, newest first")
+        h = amax_history.to(torch.float32).reshape(-1)
+        return h.amax() if self.amax_compute_algo == "max" else h[0]
 
 
 @dataclass(frozen=True)
@@ -338,6 +349,12 @@ RECIPES: dict[str, type] = {
 }
 
 
+# recipes travel in ScaledTensor's flatten context: torch.compile treats them
+# as constants (guarded by equality)
+for _cls in RECIPES.values():
+    register_constant(_cls)
+
+
 def recipe_from_dict(d: dict) -> Recipe:
     """Inverse of :meth:`Recipe.to_dict`."""
     if not isinstance(d, dict) or "recipe" not in d:
@@ -361,19 +378,4 @@ def recipe_from_json(text: str) -> Recipe:
     return recipe_from_dict(json.loads(text))
 
 
-def scale_from_amax_history(
-    amax_history: torch.Tensor, fp8_max: float, margin: int = 0, algo: str = "max"
-) -> torch.Tensor:
-    """The DelayedScaling rule: the dequantization scale from an amax history.
-
-    ``amax_history[0]`` is the newest entry (TransformerEngine's convention).
-    Returns a 0-d float32 tensor; an all-zero history gives scale 1."""
-    _check_choice("amax_compute_algo", algo, ("max", "most_recent"))
-    h = amax_history.to(torch.float32)
-    amax = h.amax() if algo == "max" else h.reshape(-1)[0]
-    scale = amax * (2.0**margin) / fp8_max
-    return torch.where(amax > 0, torch.clamp(scale, min=_TINY), torch.ones_like(scale))
-
-
-_TINY = torch.finfo(torch.float32).tiny  # smallest normal float32
-assert math.isclose(_TINY, 2.0**-126)
+_TINY = torch.finfo(torch.float32).tiny  # smallest normal float32, 2**-126

@@ -57,7 +57,7 @@ class ScaledTensor(torch.Tensor):
         orig_dtype: torch.dtype,
         global_scale: Optional[torch.Tensor] = None,
         zero_point: Optional[torch.Tensor] = None,
-        qlayout: Layout = Plain(),
+        qlayout: Layout = Plain,
         requires_grad: bool = False,
     ):
         return torch.Tensor._make_wrapper_subclass(
@@ -80,7 +80,7 @@ class ScaledTensor(torch.Tensor):
         orig_dtype: torch.dtype,
         global_scale: Optional[torch.Tensor] = None,
         zero_point: Optional[torch.Tensor] = None,
-        qlayout: Layout = Plain(),
+        qlayout: Layout = Plain,
         requires_grad: bool = False,
     ):
         self.qdata = qdata
@@ -89,6 +89,9 @@ class ScaledTensor(torch.Tensor):
         self.zero_point = zero_point
         self.recipe = recipe
         self.role = role
+        # the spec as a plain string: what traced code reads (torch.compile
+        # can hold strings, not recipe objects, for tensors made in-graph)
+        self.spec_key = recipe.spec(role).to_key()
         self.block = tuple(block)
         self.qlayout = qlayout
         self.orig_dtype = orig_dtype
@@ -97,7 +100,7 @@ class ScaledTensor(torch.Tensor):
 
     @property
     def spec(self) -> QuantSpec:
-        return self.recipe.spec(self.role)
+        return QuantSpec.from_key(self.spec_key)
 
     @property
     def scale_grid(self) -> tuple:
