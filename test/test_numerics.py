@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 from conftest import RECIPES, randn, student_t
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st_
 
 import breccia
 from breccia.quantize import expand_scale, resolve_block
@@ -205,16 +207,16 @@ def _grid_step(v, element):
     return 2.0 ** (e - mbits)
 
 
-def test_round_trip_within_half_a_step(recipe):
-    x = student_t(48, 256, seed=20)
-    st = breccia.cast(x, recipe)
+def assert_within_half_a_step(x, st):
+    """Every element decodes to within half a grid step of its (clipped)
+    scaled value; only the OCP floor rule may clip beyond that."""
     spec = st.spec
     block = resolve_block(st.block, x.shape)
     s = breccia.formats.decode_e8m0(st.scale) if spec.scale_format == "e8m0" else st.scale.float()
     s = expand_scale(s, block, x.shape)
     if st.global_scale is not None:
         s = s * st.global_scale
-    v = x / s  # in element units
+    v = x.float() / s  # in element units
     if st.zero_point is not None:
         v = v + expand_scale(st.zero_point.float(), block, x.shape)
     fmax = spec.fmt.max if spec.element != "int4" else (7 if spec.scale_rule == "symmetric" else 15)
@@ -226,9 +228,29 @@ def test_round_trip_within_half_a_step(recipe):
     err = (d - clipped).abs()
     half = _grid_step(clipped, spec.element) / 2
     assert (err <= half * (1 + 1e-6)).all(), float((err - half).max())
-    # only the OCP floor rule may clip (by design: amax/scale reaches up to 2*2^emax)
     if spec.scale_rule != "floor":
         assert ((v - clipped).abs() <= half * (1 + 1e-6)).all()
+
+
+def test_round_trip_within_half_a_step(recipe):
+    x = student_t(48, 256, seed=20)
+    assert_within_half_a_step(x, breccia.cast(x, recipe))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st_.sampled_from(sorted(RECIPES)),
+    rows=st_.integers(1, 40),
+    cols=st_.integers(1, 300),
+    log_scale=st_.integers(-30, 30),
+    heavy=st_.booleans(),
+    seed=st_.integers(0, 2**16),
+)
+def test_property_round_trip_within_half_a_step(name, rows, cols, log_scale, heavy, seed):
+    x = (student_t(rows, cols, seed=seed) if heavy else randn(rows, cols, seed=seed)) * (10.0**log_scale)
+    # fp16 group scales cannot exceed 65504: larger groups saturate by design
+    assume(not (RECIPES[name].name == "INT4Scaling" and RECIPES[name].scale_dtype == "fp16" and x.abs().max() / 7.5 > 65504))
+    assert_within_half_a_step(x, breccia.cast(x, RECIPES[name]))
 
 
 def test_hybrid_uses_e5m2_for_gradients():
