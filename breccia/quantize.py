@@ -113,19 +113,25 @@ def expand_scale(scale: torch.Tensor, block: Sequence[int], shape: Sequence[int]
 # --------------------------------------------------------------------------- scale rules
 
 
+def _div(a: torch.Tensor, c: float) -> torch.Tensor:
+    """``a / c``, correctly rounded on every device: CUDA turns division by a
+    Python scalar into multiplication by its (rounded) reciprocal."""
+    return a / torch.full_like(a, c)
+
+
 def _fp32_scale(amax: torch.Tensor, fmax: float, rule: str, margin: int = 0) -> torch.Tensor:
     """Dequantization scale with ``amax / scale`` in (fmax/2, fmax].
 
     Zero blocks get scale 1; NaN/inf amax gives a NaN/inf scale (the block
     decodes to NaN rather than to silent finite values)."""
     if rule == "amax":
-        s = amax * (2.0**margin) / fmax if margin else amax / fmax
+        s = _div(amax * (2.0**margin), fmax)
         # amax / s can round to one ulp above its target: nudge s up so the
         # top element never needs the saturating clamp.
         target = fmax * 2.0**-margin
         s = torch.where(amax / s > target, torch.nextafter(s, torch.full_like(s, math.inf)), s)
     else:  # "pow2": the least power of two with amax / s <= fmax
-        m, e = torch.frexp(amax / fmax)
+        m, e = torch.frexp(_div(amax, fmax))
         e = torch.where(m == 0.5, e - 1, e)
         s = torch.ldexp(torch.ones_like(amax), e)
         s = torch.where(torch.isfinite(amax), s, amax)
@@ -220,9 +226,9 @@ def quantize_reference(
         q = formats.encode_fp8(xb / formats.decode_e8m0(scale), fmt)
     elif spec.scale_format == "e4m3":  # NVFP4 two-level
         t_amax = xf.abs().amax()
-        g = t_amax / _NVFP4_GLOBAL_DIVISOR
+        g = _div(t_amax, _NVFP4_GLOBAL_DIVISOR)
         g = torch.where(t_amax == 0, torch.ones_like(g), torch.clamp(g, min=_TINY))
-        bs = torch.clamp((amax / 6.0) / g, min=_E4M3_TINY, max=448.0).to(torch.float8_e4m3fn)
+        bs = torch.clamp(_div(amax, 6.0) / g, min=_E4M3_TINY, max=448.0).to(torch.float8_e4m3fn)
         # multiply by the reciprocal of the combined scale (torchao's numerics)
         recip = (1.0 / g) / bs.to(torch.float32)
         q = formats.encode_e2m1(torch.clamp(xb * recip, -6.0, 6.0), nb)
@@ -232,7 +238,7 @@ def quantize_reference(
         # scales clamp into the scale dtype's finite range: huge groups
         # saturate rather than decode to inf or NaN
         if spec.scale_rule == "symmetric":
-            s = _round_up_to(torch.clamp(amax / 7.5, min=finfo.tiny, max=finfo.max), sdtype)
+            s = _round_up_to(torch.clamp(_div(amax, 7.5), min=finfo.tiny, max=finfo.max), sdtype)
             s = torch.where(amax == 0, torch.ones_like(s), s)
             sf = s.to(torch.float32)
             q = formats.encode_int4(xb / sf, signed=True, noise=nb)
@@ -240,7 +246,7 @@ def quantize_reference(
             mn = torch.clamp(xb.amin(dim=bdims, keepdim=True), max=0.0)
             mx = torch.clamp(xb.amax(dim=bdims, keepdim=True), min=0.0)
             span = mx - mn  # may overflow float32 for finite extremes
-            s = torch.where(torch.isinf(span) & torch.isfinite(mx) & torch.isfinite(mn), mx / 15.0 - mn / 15.0, span / 15.0)
+            s = torch.where(torch.isinf(span) & torch.isfinite(mx) & torch.isfinite(mn), _div(mx, 15.0) - _div(mn, 15.0), _div(span, 15.0))
             s = _round_up_to(torch.clamp(s, min=finfo.tiny, max=finfo.max), sdtype)
             s = torch.where(mx == mn, torch.ones_like(s), s)
             sf = s.to(torch.float32)
