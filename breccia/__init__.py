@@ -5,6 +5,7 @@ with the scales that give it meaning, and is a real ``torch.Tensor``.
 """
 
 from .api import cast, dequantize, requantize
+from .kernels import matmul
 from .layouts import Layout, Plain
 from .recipes import (
     DelayedScaling,
@@ -18,6 +19,7 @@ from .recipes import (
     recipe_from_json,
 )
 from .tensor import ScaledTensor
+from . import serialization  # noqa: F401,E402  (registers safe globals for torch.load)
 
 __version__ = "0.1.0"
 
@@ -26,6 +28,7 @@ __all__ = [
     "cast",
     "dequantize",
     "requantize",
+    "matmul",
     "Recipe",
     "QuantSpec",
     "DelayedScaling",

@@ -2,7 +2,12 @@
 
 Each family lives in its own module and registers with ``@implements``:
 
-- ``copy.py``      -- detach, clone, device and dtype moves
+- ``matmul.py``    -- mm, addmm, bmm, linear, matmul: to the kernel router
+  (``breccia.kernels``)
+- ``shape.py``     -- t, transpose, view/reshape, slice, select, split, cat,
+  unsqueeze/squeeze: on payload and scales together, keeping blocks whole
+- ``copy.py``      -- detach, clone, device and dtype moves, copy_,
+  empty_like, new_zeros, is_same_size, pin_memory, as_strided (identity)
 - ``fallback.py``  -- anything else: dequantize, run in high precision, warn
   once per op; in-place ops that would lose data raise instead
 """
@@ -44,4 +49,4 @@ def dispatch(func, types, args, kwargs):
     return fallback(func, args, kwargs)
 
 
-from . import copy, fallback  # noqa: E402,F401  (registration side effects)
+from . import copy, fallback, matmul, shape  # noqa: E402,F401  (registration side effects)
