@@ -65,9 +65,8 @@ def dequantize_op(
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """``decode(qdata) * scale`` as a tensor of logical ``shape`` and ``dtype``."""
-    return dequantize_reference(
-        qdata, scale, global_scale, zero_point, QuantSpec.from_key(spec), block, shape, dtype
-    )
+    out = dequantize_reference(qdata, scale, global_scale, zero_point, QuantSpec.from_key(spec), block, shape, dtype)
+    return out.contiguous()  # transposed payloads decode strided: match the fake's layout
 
 
 @dequantize_op.register_fake

@@ -50,3 +50,63 @@ def test_scaled_tensor_as_compiled_input_and_output():
     ref = breccia.cast(breccia.dequantize(st, torch.float32) + 1, r)
     assert torch.equal(st2.qdata.view(torch.uint8), ref.qdata.view(torch.uint8))
     assert counter.frame_count == 1
+
+
+class _Model(torch.nn.Module):
+    def __init__(self, recipe):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(64, 96)
+        self.fc2 = torch.nn.Linear(96, 32, bias=False)
+        for lin in (self.fc1, self.fc2):
+            lin.weight = torch.nn.Parameter(breccia.cast(lin.weight.detach(), recipe), requires_grad=False)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_module_with_scaled_weights_compiles(recipe, backend):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    model = _Model(recipe)
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for m in (8, 16, 24):  # three batch sizes: at most one recompile (to dynamic shapes)
+            x = randn(m, 64, seed=m)
+            y, ref = compiled(x), model(x)
+            if backend == "aot_eager":
+                assert torch.equal(y, ref)
+            else:  # inductor may fuse the fp32 epilogue differently
+                torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    assert counter.frame_count <= 2
+
+
+@pytest.mark.parametrize("name", ["fp8_tensor", "fp8_row"])
+def test_fp8_matmul_graph_has_no_fallback_dequantize(name):
+    from torch._inductor.utils import run_and_get_code
+    from conftest import RECIPES
+
+    torch._dynamo.reset()
+    model = _Model(RECIPES[name])
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        _, code = run_and_get_code(compiled, randn(8, 64))
+    text = "\n".join(code)
+    assert "_scaled_mm" in text
+    assert "breccia.dequantize" not in text and "dequantize.default" not in text
+
+
+@pytest.mark.parametrize("name", ["fp8_row", "mxfp8", "nvfp4", "int4_asym"])
+def test_custom_ops_pass_opcheck(name):
+    from conftest import RECIPES
+
+    spec = RECIPES[name].spec("weight")
+    x = randn(8, 64, dtype=torch.bfloat16)
+    # (opcheck's schema test multiplies outputs, which fp8 tensors cannot do on the CPU)
+    utils = ("test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.breccia.quantize.default, (x, spec.to_key(), None, None), test_utils=utils)
+    st = breccia.cast(x, RECIPES[name])
+    args = (st.qdata, st.scale, st.global_scale, st.zero_point, st.spec_key, list(st.block), list(st.shape), torch.float32)
+    torch.library.opcheck(torch.ops.breccia.dequantize.default, args, test_utils=utils)
