@@ -6,7 +6,9 @@ with the scales that give it meaning, and is a real ``torch.Tensor``.
 
 from .api import cast, dequantize, requantize
 from .kernels import matmul
-from .layouts import Layout, Plain
+from .convert import convert, converted_layers, dequantize_model, sync_amax
+from .training import cast_ste, cast_ste_clipped, scaled_linear
+from .layouts import Layout, Plain, ScaleColumnMajor, Swizzled, relayout
 from .recipes import (
     DelayedScaling,
     Float8BlockScaling,
@@ -29,6 +31,13 @@ __all__ = [
     "dequantize",
     "requantize",
     "matmul",
+    "convert",
+    "converted_layers",
+    "dequantize_model",
+    "sync_amax",
+    "scaled_linear",
+    "cast_ste",
+    "cast_ste_clipped",
     "Recipe",
     "QuantSpec",
     "DelayedScaling",
@@ -40,4 +49,7 @@ __all__ = [
     "recipe_from_json",
     "Layout",
     "Plain",
+    "ScaleColumnMajor",
+    "Swizzled",
+    "relayout",
 ]

@@ -95,7 +95,9 @@ def dequantize(st: ScaledTensor, dtype: Optional[torch.dtype] = None) -> torch.T
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
     if st.qlayout is not Plain:
-        raise NotImplementedError(f"dequantize: layout {st.qlayout} (relayout to Plain first)")
+        from .layouts import relayout
+
+        st = relayout(st, Plain)
     return dequantize_op(
         st.qdata,
         st.scale,

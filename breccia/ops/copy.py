@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..layouts import Plain
 from . import implements
 
 aten = torch.ops.aten
@@ -11,6 +12,16 @@ aten = torch.ops.aten
 
 def _map_inner(st, fn):
     return st.with_inner(**{k: fn(v) for k, v in st.inner_tensors().items()})
+
+
+def _map_inner_keep_layout(st, fn):
+    """Like ``_map_inner`` for copies: padded layouts (whose scale views hide
+    padding a plain copy would drop) are copied through Plain and rebuilt."""
+    if st.qlayout is Plain:
+        return _map_inner(st, fn)
+    from ..layouts import relayout
+
+    return relayout(_map_inner(relayout(st, Plain), fn), st.qlayout)
 
 
 @implements(aten.detach.default, aten.alias.default)
@@ -25,7 +36,7 @@ def clone(func, args, kwargs):
         from .fallback import fallback
 
         return fallback(func, args, kwargs)
-    return _map_inner(args[0], lambda t: t.clone())
+    return _map_inner_keep_layout(args[0], lambda t: t.clone())
 
 
 @implements(aten._to_copy.default)
@@ -48,7 +59,7 @@ def to_copy(func, args, kwargs):
     def move(t):
         return t.to(device=device, non_blocking=non_blocking) if device is not None else t.clone()
 
-    out = _map_inner(st, move)
+    out = _map_inner_keep_layout(st, move)
     if dtype is not None:
         out = out.with_inner(orig_dtype=dtype)
     return out
