@@ -1,0 +1,170 @@
+"""Low-precision training: every GEMM of a linear layer scaled, in one
+autograd function.
+
+Forward ``y = x W^T``, grad-input ``dx = dy W`` and grad-weight ``dW = dy^T x``
+each quantize their operands by the recipe's roles (``"input"`` for x,
+``"weight"`` for W, ``"grad_output"`` for dy) with blocks along that GEMM's
+reduction dim, and go through the kernel router. The activation is saved for
+backward in low precision (its columnwise copy, for recipes whose blocks are
+not tensorwise): that is the memory win. Weight-only recipes (INT4) train
+with fake-quantized weights and a straight-through gradient.
+
+``DelayedScaling`` keeps its state in per-module amax-history buffers
+(:class:`AmaxHistory`): each cast takes its scale from the history, then the
+current amax is pushed in (newest at index 0).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .api import cast, dequantize
+from .recipes import WHOLE, DelayedScaling, Recipe
+
+__all__ = ["scaled_linear", "AmaxHistory", "cast_ste", "cast_ste_clipped"]
+
+
+class AmaxHistory(torch.nn.Module):
+    """The DelayedScaling state of one linear layer: an amax history (newest
+    first) per GEMM role, as buffers (so they live in ``state_dict``)."""
+
+    def __init__(self, length: int, device=None):
+        super().__init__()
+        for role in ("input", "weight", "grad_output"):
+            self.register_buffer(role, torch.zeros(length, dtype=torch.float32, device=device))
+
+    def get(self, role: str) -> torch.Tensor:
+        return getattr(self, role)
+
+
+def _push_amax(history: torch.Tensor, t: torch.Tensor) -> None:
+    """Record ``t``'s amax as the newest entry (no host sync)."""
+    with torch.no_grad():
+        amax = t.detach().abs().amax().to(torch.float32)
+        history.copy_(torch.cat([amax.reshape(1), history[:-1]]))
+
+
+def _tensorwise(recipe: Recipe, role: str) -> bool:
+    return all(b == WHOLE for b in recipe.spec(role).block)
+
+
+def _quantize_along(
+    t: torch.Tensor, recipe: Recipe, role: str, along: int, history: Optional[torch.Tensor] = None
+):
+    """2-D ``t`` quantized with its blocks along dim ``along`` (the reduction
+    dim of the GEMM it feeds); ``along=0`` quantizes ``t.t()`` and transposes
+    back (a view for FP8)."""
+    if along == 1 or _tensorwise(recipe, role):
+        return cast(t, recipe, role, amax_history=history)
+    return cast(t.t(), recipe, role, amax_history=history).t()
+
+
+class _ScaledLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, recipe, hist_x, hist_w, hist_g):
+        x2 = x.reshape(-1, x.shape[-1])
+        delayed = hist_x is not None
+        xq = cast(x2, recipe, "input", amax_history=hist_x)
+        wq = cast(weight, recipe, "weight", amax_history=hist_w)
+        # torch ops on ScaledTensors: the op table routes them (and traced
+        # code reaches the same route through the dispatcher)
+        y = torch.addmm(bias, xq, wq.t()) if bias is not None else torch.mm(xq, wq.t())
+        # grad-weight reduces over tokens: keep x quantized along M (a low
+        # precision copy; the tensorwise cast already serves both directions)
+        x_wgrad = xq if _tensorwise(recipe, "input") else cast(x2.t(), recipe, "input").t()
+        w_dgrad = wq if _tensorwise(recipe, "weight") else None
+        if delayed:
+            _push_amax(hist_x, x2)
+            _push_amax(hist_w, weight)
+        ctx.recipe = recipe
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        ctx.hist_g = hist_g
+        ctx.save_for_backward(x_wgrad, weight, w_dgrad)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        recipe = ctx.recipe
+        x_wgrad, weight, w_dgrad = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        hist_g = ctx.hist_g
+        grad_x = grad_w = grad_b = None
+        # dy is quantized along N for grad-input and along M for grad-weight
+        # (one cast serves both when the recipe is tensorwise)
+        gq = cast(g, recipe, "grad_output", amax_history=hist_g)
+        if ctx.needs_input_grad[0]:
+            if w_dgrad is None:
+                w_dgrad = _quantize_along(weight, recipe, "weight", along=0)
+            grad_x = torch.mm(gq, w_dgrad).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            g_t = gq.t() if _tensorwise(recipe, "grad_output") else cast(g.t(), recipe, "grad_output")
+            grad_w = torch.mm(g_t.to(weight.dtype), x_wgrad)  # accumulate in the weight's dtype
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0).to(grad_out.dtype)
+        if hist_g is not None:
+            _push_amax(hist_g, g)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class _FakeQuantLinear(torch.autograd.Function):
+    """Weight-only recipes: forward with the dequantized weight, gradients
+    straight through to the high-precision weight."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, recipe):
+        w_hat = dequantize(cast(weight, recipe, "weight"), x.dtype)
+        ctx.save_for_backward(x, w_hat)
+        ctx.has_bias = bias is not None
+        return torch.nn.functional.linear(x, w_hat, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w_hat = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = (grad_out @ w_hat) if ctx.needs_input_grad[0] else None
+        grad_w = (g.t() @ x.reshape(-1, x.shape[-1])).to(w_hat.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+def scaled_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    recipe: Recipe,
+    history: Optional[AmaxHistory] = None,
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with every GEMM (forward and both
+    gradients) scaled by ``recipe``. ``history``: the DelayedScaling state."""
+    if recipe.weight_only:
+        return _FakeQuantLinear.apply(x, weight, bias, recipe)
+    if isinstance(recipe, DelayedScaling):
+        if history is None:
+            raise ValueError("history: DelayedScaling needs the layer's AmaxHistory")
+        hx, hw, hg = history.get("input"), history.get("weight"), history.get("grad_output")
+    else:
+        hx = hw = hg = None
+    return _ScaledLinear.apply(x, weight, bias, recipe, hx, hw, hg)
+
+
+# --------------------------------------------------------------------------- STE
+
+
+def cast_ste(x: torch.Tensor, recipe: Recipe, role: str = "weight") -> torch.Tensor:
+    """Quantization-aware training: forward ``dequantize(cast(x))``, backward
+    the identity (straight-through estimator)."""
+    fq = dequantize(cast(x.detach(), recipe, role), x.dtype)
+    return x + (fq - x).detach()
+
+
+def cast_ste_clipped(
+    x: torch.Tensor, recipe: Recipe, clip_min: float, clip_max: float, role: str = "weight"
+) -> torch.Tensor:
+    """Like :func:`cast_ste` on ``x`` clipped to ``[clip_min, clip_max]``; the
+    gradient is zero outside the clip range."""
+    if not clip_min < clip_max:
+        raise ValueError(f"clip_min, clip_max: expected clip_min < clip_max, got {clip_min} and {clip_max}")
+    return cast_ste(torch.clamp(x, clip_min, clip_max), recipe, role)
