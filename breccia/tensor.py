@@ -162,6 +162,11 @@ class ScaledTensor(torch.Tensor):
 
         return dispatch(func, types, args, kwargs or {})
 
+    def _stable_hash_for_caching(self) -> str:
+        """The context that makes two ScaledTensors trace alike (AOT autograd's
+        cache key for tensor subclasses)."""
+        return f"{self.recipe.to_json()}|{self.role}|{self.block}|{self.qlayout.value}|{self.orig_dtype}"
+
     def __repr__(self) -> str:
         spec = self.spec
         parts = [
