@@ -1,0 +1,153 @@
+"""Training step of an FFN (4096 -> 14336 -> 4096, 16384 tokens, bf16 params,
+forward + backward, torch.compile): bf16, torchao float8 and breccia recipes,
+measured in one run. Writes benchmarks/results/training-<device>.md and a PNG.
+
+    python benchmarks/bench_training.py            # on a GPU
+    python benchmarks/bench_training.py --small    # tiny shapes, any device (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+
+import torch
+from torch import nn
+
+try:
+    import breccia
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    import breccia
+
+from breccia.demo import write_text_atomic
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def ffn(d: int, h: int, device) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(d, h, bias=False), nn.GELU(), nn.Linear(h, d, bias=False)).to(
+        device=device, dtype=torch.bfloat16
+    )
+
+
+def variants():
+    out = {"bf16": lambda m: m}
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+        out["torchao float8 tensorwise"] = lambda m: convert_to_float8_training(
+            m, config=Float8LinearConfig.from_recipe_name("tensorwise")
+        )
+        out["torchao float8 rowwise"] = lambda m: convert_to_float8_training(
+            m, config=Float8LinearConfig.from_recipe_name("rowwise")
+        )
+    except Exception as e:  # torchao absent: say so in the table
+        print(f"(torchao unavailable: {e})")
+    for name, recipe in {
+        "breccia tensorwise": breccia.Float8CurrentScaling(),
+        "breccia rowwise": breccia.Float8CurrentScaling(granularity="row"),
+        "breccia DeepSeek blockwise": breccia.Float8BlockScaling(),
+        "breccia MXFP8": breccia.MXFP8BlockScaling(),
+    }.items():
+        out[name] = lambda m, r=recipe: breccia.convert(m, r, mode="training")
+    return out
+
+
+def measure(make, d, h, tokens, device, bench):
+    torch._dynamo.reset()
+    model = make(ffn(d, h, device))
+    step_model = torch.compile(model)
+    x = torch.randn(tokens, d, device=device, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(tokens, d, device=device, dtype=torch.bfloat16)
+
+    def step():
+        y = step_model(x)
+        y.backward(g)
+
+    for _ in range(3):  # compile and warm up
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    ms = bench(step)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else float("nan")
+    return ms, peak
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--small", action="store_true", help="tiny shapes (smoke test on any device)")
+    p.add_argument("--out", default=None, help="results markdown path")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d, h, tokens = (128, 512, 256) if args.small else (4096, 14336, 16384)
+
+    if device.type == "cuda":
+        import triton
+
+        bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")  # noqa: E731
+        dev_name = torch.cuda.get_device_name()
+        tri = triton.__version__
+    else:
+        import time
+
+        def bench(fn, n=3):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            return (time.perf_counter() - t0) / n * 1e3
+
+        dev_name, tri = platform.processor() or "cpu", "-"
+
+    rows = []
+    for name, make in variants().items():
+        try:
+            ms, peak = measure(make, d, h, tokens, device, bench)
+            rows.append((name, ms, peak))
+            print(f"{name:30s} {ms:9.3f} ms   peak {peak:9.1f} MiB", flush=True)
+        except Exception as e:
+            rows.append((name, float("nan"), float("nan")))
+            print(f"{name:30s} FAILED: {type(e).__name__}: {e}", flush=True)
+
+    base = rows[0][1]
+    flops = 3 * 2 * 2 * tokens * d * h  # two GEMMs, forward + two backward
+    lines = [
+        f"# Training step: FFN {d} -> {h} -> {d}, {tokens} tokens, bf16, fwd + bwd, torch.compile",
+        "",
+        f"_{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · {dev_name} · torch {torch.__version__} · "
+        f"triton {tri}_",
+        "",
+        "| what | ms | TFLOP/s | vs bf16 | peak memory over inputs (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, ms, peak in rows:
+        lines.append(f"| {name} | {ms:.3f} | {flops / ms / 1e9:.0f} | {base / ms:.2f}x | {peak:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    tag = "h100" if "H100" in dev_name else ("cpu" if device.type == "cpu" else "gpu")
+    out = args.out or os.path.join(HERE, "results", f"training-{tag}{'-small' if args.small else ''}.md")
+    write_text_atomic(out, text)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.barh([r[0] for r in rows], [base / r[1] for r in rows])
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xlabel("speed-up over bf16 (training step)")
+        fig.savefig(out.replace(".md", ".png"), dpi=110, bbox_inches="tight")
+    except ImportError:
+        pass
+    return rows
+
+
+if __name__ == "__main__":
+    main()
