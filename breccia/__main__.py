@@ -1,8 +1,8 @@
 """``python -m breccia`` (also installed as ``breccia``).
 
 With no command it runs the demo (:mod:`breccia.demo`). Commands are
-registered in :data:`COMMANDS`; ``quantize`` and ``inspect`` (see
-``DESIGN.md``) will be added there.
+registered in :data:`COMMANDS`: ``quantize`` and ``inspect`` (see
+``DESIGN.md``; the work is in :mod:`breccia.io.convert`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,82 @@ class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
+def _fail(command: str, e: Exception) -> int:
+    print(f"breccia {command}: error: {e}", file=sys.stderr)
+    return 1
+
+
+def _configure_quantize(p: argparse.ArgumentParser) -> None:
+    from .io.convert import DEFAULT_SKIP, RECIPE_CHOICES
+
+    p.add_argument("src", metavar="SRC", help="a .safetensors file or a Hugging Face checkpoint folder")
+    p.add_argument("dst", metavar="DST", help="output folder (or a .safetensors file for --format breccia/deepseek-v3)")
+    p.add_argument("--recipe", required=True, choices=sorted(RECIPE_CHOICES), help="quantization recipe")
+    p.add_argument(
+        "--format",
+        default="breccia",
+        choices=("breccia", "deepseek-v3", "compressed-tensors"),
+        help="output checkpoint format (default: breccia)",
+    )
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help=f"keep tensors whose name matches GLOB in high precision (repeatable; added to the defaults "
+        f"{' '.join(DEFAULT_SKIP)}; tensors that are not 2-D floats are always kept)",
+    )
+    p.add_argument("--no-default-skip", action="store_true", help="drop the default --skip patterns")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from .io.convert import DEFAULT_SKIP, RECIPE_CHOICES, quantize_checkpoint
+
+    skip = (() if args.no_default_skip else DEFAULT_SKIP) + tuple(args.skip)
+    try:
+        s = quantize_checkpoint(
+            args.src, args.dst, RECIPE_CHOICES[args.recipe], args.format, skip=skip, progress=not args.quiet
+        )
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+        return _fail("quantize", e)
+    ratio = s.bytes_in / s.bytes_out if s.bytes_out else 1.0
+    print(
+        f"{args.dst}: {s.quantized} tensors quantized ({args.recipe}), {s.kept} kept; "
+        f"{s.bytes_in:,} -> {s.bytes_out:,} bytes ({ratio:.2f}x)"
+    )
+    return 0
+
+
+def _configure_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="a .safetensors file or a checkpoint folder (any format)")
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .io.convert import describe_checkpoint, format_table
+
+    try:
+        print(format_table(describe_checkpoint(args.path)))
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+        return _fail("inspect", e)
+    return 0
+
+
 #: the subcommands, in the order ``--help`` lists them
-COMMANDS: tuple[Command, ...] = ()
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "quantize",
+        "quantize a safetensors file or Hugging Face checkpoint folder, one tensor at a time",
+        _configure_quantize,
+        _run_quantize,
+    ),
+    Command(
+        "inspect",
+        "list a checkpoint's tensors: shape, recipe or dtype, bytes, compression",
+        _configure_inspect,
+        _run_inspect,
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

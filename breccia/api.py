@@ -45,6 +45,8 @@ def cast(
     *,
     amax_history: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
+    amax: Optional[torch.Tensor] = None,
+    block_amax: Optional[torch.Tensor] = None,
 ) -> ScaledTensor:
     """Quantize ``x`` by ``recipe``'s numerics for ``role``.
 
@@ -53,6 +55,9 @@ def cast(
     ``amax_history``: for DelayedScaling, the history (newest first) whose
     amax sets the scale; without it the tensor's own amax is used.
     ``generator``: drives stochastic rounding where the recipe asks for it.
+    ``amax`` / ``block_amax``: a precomputed tensor amax (tensorwise FP8, the
+    NVFP4 global scale) or amax per block, e.g. reduced across ranks that
+    each hold part of the tensor.
     """
     x = as_tensor(x)
     _check_recipe(recipe)
@@ -67,13 +72,14 @@ def cast(
     if x.dim() == 0:
         raise ValueError("x: expected at least one dimension, got a 0-d tensor")
     spec = recipe.spec(role)
-    amax = None
     if amax_history is not None:
         if not isinstance(recipe, DelayedScaling):
             raise ValueError(f"amax_history: only DelayedScaling takes one, not {recipe.name}")
+        if amax is not None:
+            raise ValueError("amax: give either amax_history or amax, not both")
         amax = recipe.history_amax(amax_history)
     noise = rounding_noise(x.shape, x.device, generator) if spec.stochastic else None
-    qdata, scale, gs, zp = quantize_op(x, spec.to_key(), amax, noise)
+    qdata, scale, gs, zp = quantize_op(x, spec.to_key(), amax, noise, block_amax)
     return ScaledTensor(
         qdata,
         scale,

@@ -11,9 +11,10 @@ with K (the last logical dim) contiguous, scales as a row-major grid.
   and swizzled as cuBLAS/CUTLASS expect (``torch._scaled_mm`` on sm100).
   ``st.scale`` is then 1-D.
 
-The payload is the same in all three. ``Packed`` (4-bit payload pre-shuffled
-for a W4A16 kernel, DESIGN.md section 3) is not defined here yet: its tile
-packing is fixed by the 4-bit kernel work, which adds it.
+The payload is the same in those three. ``Packed`` (4-bit INT4 / NVFP4
+weights) moves the payload instead: pre-shuffled for the W4A16 kernels,
+16 rows x 32 codes per storage tile (:mod:`breccia.packing` has the order);
+its scales stay Plain.
 
 :func:`relayout` always goes through ``Plain`` (X -> Plain -> Y), so each
 layout only needs a way in and a way out. ``docs/layouts.md`` has the details.
@@ -39,6 +40,7 @@ __all__ = [
     "Plain",
     "ScaleColumnMajor",
     "Swizzled",
+    "Packed",
     "layout_from_name",
     "relayout",
     "swizzle_scales",
@@ -55,6 +57,8 @@ class Layout(enum.Enum):
     SCALE_COLUMN_MAJOR = "ScaleColumnMajor"
     #: MX / NVFP4 scales padded to 128x4 tiles, cuBLAS/CUTLASS swizzle, 1-D
     SWIZZLED = "Swizzled"
+    #: 4-bit payload pre-shuffled for the W4A16 kernels (breccia.packing)
+    PACKED = "Packed"
 
     def __repr__(self) -> str:
         return self.value
@@ -65,6 +69,7 @@ class Layout(enum.Enum):
 Plain = Layout.PLAIN
 ScaleColumnMajor = Layout.SCALE_COLUMN_MAJOR
 Swizzled = Layout.SWIZZLED
+Packed = Layout.PACKED
 
 
 def layout_from_name(name: str) -> Layout:
@@ -171,6 +176,10 @@ def _can_take(st: "ScaledTensor", layout: Layout) -> str | None:
     """Why ``st`` cannot take ``layout``, or None if it can."""
     if layout is Plain:
         return None
+    if layout is Packed:
+        from .packing import packed_incompatibility
+
+        return packed_incompatibility(st)
     fmt = st.spec.scale_format
     if layout is ScaleColumnMajor:
         if fmt != "fp32":
@@ -208,6 +217,10 @@ def _to_plain(st: "ScaledTensor") -> "ScaledTensor":
     elif st.qlayout is Swizzled:
         rows, cols = _rows_cols(grid)
         scale = unswizzle_scales(st.scale, rows, cols).reshape(grid)
+    elif st.qlayout is Packed:
+        from .packing import from_packed
+
+        return from_packed(st)
     else:  # pragma: no cover - a layout added without a way out
         raise NotImplementedError(f"relayout: no conversion from {st.qlayout} to Plain")
     return st.with_inner(scale=scale, qlayout=Plain)
@@ -216,6 +229,10 @@ def _to_plain(st: "ScaledTensor") -> "ScaledTensor":
 def _from_plain(st: "ScaledTensor", layout: Layout) -> "ScaledTensor":
     if layout is Plain:
         return st
+    if layout is Packed:
+        from .packing import to_packed
+
+        return to_packed(st)
     grid = _plain_grid(st)
     if tuple(st.scale.shape) != grid:
         raise ValueError(
@@ -236,8 +253,9 @@ def relayout(st: "ScaledTensor", layout: Layout) -> "ScaledTensor":
     for ``layout``. Lossless: relayout back gives the same bits.
 
     ``layout``: ``breccia.Plain``, ``breccia.ScaleColumnMajor`` (fp32 scale
-    grids, FP8 recipes, >= 2 dims) or ``breccia.Swizzled`` (MXFP8 / NVFP4,
-    >= 2 dims). Returns ``st`` itself if it already has that layout; otherwise
+    grids, FP8 recipes, >= 2 dims), ``breccia.Swizzled`` (MXFP8 / NVFP4,
+    >= 2 dims) or ``breccia.Packed`` (INT4 / NVFP4 2-D weights with block
+    ``(1, g)`` or its transpose ``(g, 1)``, g >= 16). Returns ``st`` itself if it already has that layout; otherwise
     converts through Plain. ``global_scale`` and ``zero_point`` are kept."""
     from .tensor import ScaledTensor
 

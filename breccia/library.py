@@ -29,20 +29,27 @@ def quantize_op(
     spec: str,
     amax: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
+    block_amax: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Quantize ``x`` by the JSON ``spec`` (a :class:`QuantSpec`).
+    """Quantize ``x`` by ``spec`` (a :meth:`QuantSpec.to_key` string).
 
     Returns ``(qdata, scale, global_scale, zero_point)``; the last two are
     empty tensors where the spec has none."""
     s = QuantSpec.from_key(spec)
-    q = quantize_reference(x, s, amax=amax, noise=noise)
+    if x.is_cuda:  # Triton kernels, bit-identical to the reference, where they take the spec
+        from .kernels.triton import cuda_quantize
+
+        out = cuda_quantize(x, s, amax, noise, block_amax)
+        if out is not None:
+            return out
+    q = quantize_reference(x, s, amax=amax, noise=noise, block_amax=block_amax)
     gs = q.global_scale if q.global_scale is not None else _empty(x, torch.float32)
     zp = q.zero_point if q.zero_point is not None else _empty(x, torch.uint8)
     return q.qdata, q.scale, gs, zp
 
 
 @quantize_op.register_fake
-def _(x, spec, amax=None, noise=None):
+def _(x, spec, amax=None, noise=None, block_amax=None):
     s = QuantSpec.from_key(spec)
     shape = tuple(x.shape)
     grid = scale_grid_shape(shape, block_for(s.block, len(shape)))

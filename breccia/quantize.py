@@ -182,13 +182,16 @@ def quantize_reference(
     *,
     amax: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
+    block_amax: Optional[torch.Tensor] = None,
 ) -> Quantized:
     """Quantize ``x`` (any float dtype, any shape) by ``spec``.
 
-    ``amax``: for fp32-scaled (FP8) specs, a precomputed amax (one element)
-    that replaces the tensor's own -- the delayed-scaling history's, or one
-    all-reduced across ranks; ``noise``: uniform [0, 1) of ``x``'s shape, for
-    stochastic rounding."""
+    ``amax``: a precomputed tensor amax (one element) that replaces the
+    tensor's own -- for tensorwise FP8 the delayed-scaling history's or one
+    all-reduced across ranks; for NVFP4 the amax behind the global scale.
+    ``block_amax``: a precomputed amax per block (the scale grid's shape),
+    e.g. reduced across the shards that split a block. ``noise``: uniform
+    [0, 1) of ``x``'s shape, for stochastic rounding."""
     fmt = spec.fmt
     shape = tuple(x.shape)
     block_form = block_for(spec.block, len(shape))
@@ -210,7 +213,10 @@ def quantize_reference(
     xb = _to_blocks(xf, block)
     bdims = _block_dims(len(shape))
     given_amax = amax
-    amax = xb.abs().amax(dim=bdims, keepdim=True)
+    if block_amax is not None:
+        amax = _grid_view(block_amax.to(device=dev, dtype=torch.float32).reshape(grid))
+    else:
+        amax = xb.abs().amax(dim=bdims, keepdim=True)
     global_scale = zero_point = None
     nb = None if noise is None else _to_blocks(noise.to(torch.float32), block)
 
@@ -225,7 +231,7 @@ def quantize_reference(
         scale = formats.e8m0_from_exponent(exp, ~torch.isfinite(amax))
         q = formats.encode_fp8(xb / formats.decode_e8m0(scale), fmt)
     elif spec.scale_format == "e4m3":  # NVFP4 two-level
-        t_amax = xf.abs().amax()
+        t_amax = xf.abs().amax() if given_amax is None else given_amax.to(device=dev, dtype=torch.float32).reshape(())
         g = _div(t_amax, _NVFP4_GLOBAL_DIVISOR)
         g = torch.where(t_amax == 0, torch.ones_like(g), torch.clamp(g, min=_TINY))
         bs = torch.clamp(_div(amax, 6.0) / g, min=_E4M3_TINY, max=448.0).to(torch.float8_e4m3fn)

@@ -167,6 +167,18 @@ class ScaledTensor(torch.Tensor):
         cache key for tensor subclasses)."""
         return f"{self.recipe.to_json()}|{self.role}|{self.block}|{self.qlayout.value}|{self.orig_dtype}"
 
+    # FSDP2 all-gather hooks (sharding a converted-for-inference model):
+    # breccia.distributed.fsdp moves payload and scales
+    def fsdp_pre_all_gather(self, mesh, outer_size, outer_stride, module, mp_policy):
+        from .distributed.fsdp import pre_all_gather_scaled
+
+        return pre_all_gather_scaled(self, mesh, outer_size)
+
+    def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
+        from .distributed.fsdp import post_all_gather
+
+        return post_all_gather(all_gather_outputs, metadata, param_dtype or self.orig_dtype, out=out)
+
     def __repr__(self) -> str:
         spec = self.spec
         parts = [

@@ -22,6 +22,7 @@ import torch
 
 from .api import cast, dequantize
 from .recipes import WHOLE, DelayedScaling, Recipe
+from .tensor import ScaledTensor
 
 __all__ = ["scaled_linear", "AmaxHistory", "cast_ste", "cast_ste_clipped"]
 
@@ -50,6 +51,11 @@ def _tensorwise(recipe: Recipe, role: str) -> bool:
     return all(b == WHOLE for b in recipe.spec(role).block)
 
 
+def _square_block(recipe: Recipe, role: str) -> bool:
+    b = recipe.spec(role).block
+    return len(b) == 2 and b[0] == b[1] and b[0] != WHOLE
+
+
 def _quantize_along(
     t: torch.Tensor, recipe: Recipe, role: str, along: int, history: Optional[torch.Tensor] = None
 ):
@@ -67,28 +73,38 @@ class _ScaledLinear(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         delayed = hist_x is not None
         xq = cast(x2, recipe, "input", amax_history=hist_x)
-        wq = cast(weight, recipe, "weight", amax_history=hist_w)
+        # under FSDP2 the weight arrives already quantized (the all-gather
+        # moved payload and scales: breccia.distributed.fsdp)
+        gathered = isinstance(weight, ScaledTensor)
+        wq = weight if gathered else cast(weight, recipe, "weight", amax_history=hist_w)
         # torch ops on ScaledTensors: the op table routes them (and traced
         # code reaches the same route through the dispatcher)
         y = torch.addmm(bias, xq, wq.t()) if bias is not None else torch.mm(xq, wq.t())
         # grad-weight reduces over tokens: keep x quantized along M (a low
         # precision copy; the tensorwise cast already serves both directions)
         x_wgrad = xq if _tensorwise(recipe, "input") else cast(x2.t(), recipe, "input").t()
-        w_dgrad = wq if _tensorwise(recipe, "weight") else None
+        # grad-input reduces over N: tensorwise and square blocks serve both
+        # directions; otherwise backward requantizes wq along N. (Always from
+        # wq, never from the high-precision weight: under FSDP2 only wq exists,
+        # and sharded and single-device training must compute the same thing.)
+        w_dgrad_ready = _tensorwise(recipe, "weight") or _square_block(recipe, "weight")
         if delayed:
             _push_amax(hist_x, x2)
-            _push_amax(hist_w, weight)
+            if not gathered:  # (FSDP2 pushed each rank's amax before the all-gather)
+                _push_amax(hist_w, weight)
         ctx.recipe = recipe
         ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
         ctx.hist_g = hist_g
-        ctx.save_for_backward(x_wgrad, weight, w_dgrad)
+        ctx.w_dgrad_ready = w_dgrad_ready
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(x_wgrad, wq)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
         recipe = ctx.recipe
-        x_wgrad, weight, w_dgrad = ctx.saved_tensors
+        x_wgrad, wq = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         hist_g = ctx.hist_g
         grad_x = grad_w = grad_b = None
@@ -96,12 +112,11 @@ class _ScaledLinear(torch.autograd.Function):
         # (one cast serves both when the recipe is tensorwise)
         gq = cast(g, recipe, "grad_output", amax_history=hist_g)
         if ctx.needs_input_grad[0]:
-            if w_dgrad is None:
-                w_dgrad = _quantize_along(weight, recipe, "weight", along=0)
+            w_dgrad = wq if ctx.w_dgrad_ready else _quantize_along(dequantize(wq), recipe, "weight", along=0)
             grad_x = torch.mm(gq, w_dgrad).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             g_t = gq.t() if _tensorwise(recipe, "grad_output") else cast(g.t(), recipe, "grad_output")
-            grad_w = torch.mm(g_t.to(weight.dtype), x_wgrad)  # accumulate in the weight's dtype
+            grad_w = torch.mm(g_t.to(ctx.weight_dtype), x_wgrad)  # accumulate in the weight's dtype
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0).to(grad_out.dtype)
         if hist_g is not None:
@@ -115,7 +130,8 @@ class _FakeQuantLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, recipe):
-        w_hat = dequantize(cast(weight, recipe, "weight"), x.dtype)
+        wq = weight if isinstance(weight, ScaledTensor) else cast(weight, recipe, "weight")  # (FSDP2: gathered)
+        w_hat = dequantize(wq, x.dtype)
         ctx.save_for_backward(x, w_hat)
         ctx.has_bias = bias is not None
         return torch.nn.functional.linear(x, w_hat, bias)

@@ -64,20 +64,20 @@ def test_inference_state_dict_round_trips(recipe):
 
 
 def test_filter_fn_and_incompatible_layers():
-    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 10), nn.Linear(10, 64))
-    with pytest.raises(ValueError, match=r"(?s)cannot take 2 layer.*\b1: .*\b2: "):
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 10), nn.Linear(10, 24), nn.Linear(24, 64))
+    with pytest.raises(ValueError, match=r"(?s)cannot take 2 layer.*\b2: .*\b3: "):
         breccia.convert(model, breccia.Float8CurrentScaling())
     assert breccia.converted_layers(model) == []  # nothing half-done
-    breccia.convert(model, breccia.Float8CurrentScaling(), filter_fn=lambda m, fqn: fqn == "0")
-    assert breccia.converted_layers(model) == ["0"]
+    breccia.convert(model, breccia.Float8CurrentScaling(), filter_fn=lambda m, fqn: fqn in ("0", "1"))
+    assert breccia.converted_layers(model) == ["0", "1"]
 
 
 def test_skip_incompatible_logs(caplog):
-    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 10))
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 48), nn.Linear(48, 64))
     with caplog.at_level(logging.INFO, logger="breccia"):
         breccia.convert(model, breccia.MXFP8BlockScaling(), skip_incompatible=True)
-    assert breccia.converted_layers(model) == ["0"]
-    assert "1 stays high precision" in caplog.text and "1 layer(s)" in caplog.text
+    assert breccia.converted_layers(model) == ["0", "1"]
+    assert "2 stays high precision" in caplog.text and "2 layer(s)" in caplog.text
 
 
 def test_convert_twice_raises_and_dequantize_model_undoes():
@@ -305,4 +305,31 @@ def test_converted_model_compiles_fullgraph(name, mode):
     assert y.shape == (16, 128)
     if name in ("fp8_tensor", "fp8_row", "delayed"):  # forward and backward GEMMs stay FP8
         text = "\n".join(code)
-        assert "_scaled_mm" in text and "dequantize" not in text
+        assert "_scaled_mm" in text
+        # no GEMM fell back to dequantize-and-matmul in high precision
+        assert "extern_kernels.mm(" not in text and "extern_kernels.addmm(" not in text
+        if name != "fp8_row":  # (rowwise requantizes the weight along N for grad-input)
+            assert "dequantize" not in text
+
+
+@pytest.mark.parametrize("mode", ["inference", "training"])
+def test_tied_weights_stay_tied(mode):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(64, 128)
+            self.body = nn.Linear(128, 128)
+            self.head = nn.Linear(128, 64, bias=False)
+            self.head2 = nn.Linear(128, 64, bias=False)
+            self.head2.weight = self.head.weight  # two linear layers share one weight
+
+        def forward(self, idx):
+            h = self.body(self.embed(idx))
+            return self.head(h) + self.head2(h)
+
+    model = Tied()
+    breccia.convert(model, breccia.Float8BlockScaling(), mode=mode)
+    assert model.head.weight is model.head2.weight
+    assert len([n for n, _ in model.named_parameters()]) == len(list(model.parameters()))
+    out = model(torch.tensor([[1, 2, 3]]))
+    assert out.shape == (1, 3, 64)

@@ -7,7 +7,18 @@ from this table:
 | operands                              | route                                               |
 | ------------------------------------- | --------------------------------------------------- |
 | FP8 x FP8, tensorwise or rowwise      | ``torch._scaled_mm`` (CPU and CUDA sm89+)           |
+| FP8 1x128 x 128x128 (block scaling)   | ``torch._scaled_mm`` blockwise (sm90, K%512, N%128) |
+| FP8 1x128 x 128x128, anything else    | Triton block-scaled GEMM (CUDA sm89+)               |
+| MXFP8 x MXFP8                         | ``torch._scaled_mm``, Swizzled scales (sm100+)      |
+| MXFP8 x MXFP8, sm89/sm90              | Triton GEMM folding e8m0 scales per 32 of K         |
+| bf16/fp16 x INT4, or x NVFP4 Packed   | Triton W4A16, dequant in registers, split-K (sm80+) |
+| NVFP4 x NVFP4 (1x16)                  | ``torch._scaled_mm`` fp4, Swizzled scales (sm100+)  |
 | everything else (blocks, MX, 4-bit)   | reference: dequantize to fp32, ``torch.mm``         |
+
+The CUDA rows live in :mod:`breccia.kernels.cuda_routes` (predicates and
+runners: relayout and padding happen there, on the device, no host sync);
+the 4-bit rows in :mod:`breccia.kernels.w4a16_routes`, which also says which
+NVFP4 products are weight-only (a weight in the Packed layout).
 
 GPU kernels (blockwise ``_scaled_mm``, Triton MXFP8 and W4A16 GEMMs) plug in
 as new rows of :data:`ROUTES`, ahead of the reference.
@@ -28,6 +39,8 @@ from ..api import cast, dequantize
 from ..layouts import Plain
 from ..recipes import WHOLE
 from ..tensor import ScaledTensor
+from . import cuda_routes as _cuda
+from . import w4a16_routes as _w4
 
 __all__ = ["scaled_mm", "matmul", "ROUTES", "Route", "route_for"]
 
@@ -93,14 +106,26 @@ def _run_reference(a: torch.Tensor, b: torch.Tensor, bias, out_dtype):
     return out.to(out_dtype)
 
 
+#: weight-only pairs (INT4, or a Packed weight) consider only these two
+W4A16 = Route("w4a16_triton", _w4.w4a16_applies, _w4.run_w4a16)
+REFERENCE = Route("reference", lambda a, b: True, _run_reference)
+
 #: the routes, tried in order; the reference always applies
 ROUTES: list[Route] = [
+    W4A16,
     Route("fp8_scaled_mm", _fp8_rowwise_or_tensorwise, _run_fp8_scaled_mm),
-    Route("reference", lambda a, b: True, _run_reference),
+    Route("fp8_blockwise_scaled_mm", _cuda.blockwise_cublas_applies, _cuda.run_blockwise_cublas),
+    Route("fp8_blockwise_triton", _cuda.blockwise_triton_applies, _cuda.run_blockwise_triton),
+    Route("mxfp8_scaled_mm", _cuda.mx_scaled_mm_applies, _cuda.run_mx_scaled_mm),
+    Route("mxfp8_triton", _cuda.mx_triton_applies, _cuda.run_mx_triton),
+    Route("nvfp4_scaled_mm", _w4.nvfp4_scaled_mm_applies, _w4.run_nvfp4_scaled_mm),
+    REFERENCE,
 ]
 
 
-def route_for(a: ScaledTensor, b: ScaledTensor) -> Route:
+def route_for(a: torch.Tensor, b: torch.Tensor) -> Route:
+    if _w4.is_weight_only(a) or _w4.is_weight_only(b):
+        return W4A16 if W4A16.applies(a, b) else REFERENCE
     return next(r for r in ROUTES if r.applies(a, b))
 
 
@@ -138,9 +163,10 @@ def scaled_mm(
             f"{op}: operands quantized with different recipes ({a.recipe!r} and {b.recipe!r}); "
             "requantize one of them (breccia.requantize) or dequantize both"
         )
-    if recipe.weight_only:
-        # weight-only formats: the high-precision operand stays high precision
-        return _run_reference(a, b, bias, out_dtype)
+    if recipe.weight_only or _w4.is_weight_only(a) or _w4.is_weight_only(b):
+        # weight-only (INT4, or any weight in the Packed layout): the
+        # high-precision operand stays high precision
+        return route_for(a, b).run(a, b, bias, out_dtype)
     if not a_st:
         a = cast(a, recipe, "input")
     if not b_st:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import formats
-from ..layouts import Plain
+from ..layouts import Packed, Plain
 from ..quantize import payload_shape
 from ..recipes import WHOLE
 from ..tensor import ScaledTensor
@@ -49,6 +49,11 @@ def _map_grid(st: ScaledTensor, fn) -> dict:
 
 
 def transpose(st: ScaledTensor, d0: int, d1: int) -> ScaledTensor:
+    if st.qlayout is Packed and st.dim() == 2 and d0 % 2 != d1 % 2:
+        # metadata only: F.linear transposes the weight on every call
+        from ..packing import transpose_packed
+
+        return transpose_packed(st)
     st = plain(st)
     nd = st.dim()
     d0, d1 = d0 % nd, d1 % nd
@@ -97,6 +102,20 @@ def view_as(st: ScaledTensor, size):
     if new == old:
         return st.with_inner()
     packed = _packed(st)
+    b_last = st.block[-1] if st.block else WHOLE
+    if b_last == WHOLE and old and all(b == 1 for b in st.block[:-1]):
+        b_last = old[-1]  # rowwise: a row is one block
+    if (
+        new and old and b_last != WHOLE and b_last > 0
+        and all(b == 1 for b in st.block[:-1])
+        and old[-1] % b_last == 0 and new[-1] % b_last == 0
+    ):
+        # blocks are aligned runs of b_last elements in row-major order: any
+        # shape whose last dim is a whole number of blocks keeps them whole
+        grid = new[:-1] + (new[-1] // b_last,)
+        block = (1,) * (len(new) - 1) + (b_last,)
+        qdata = st.qdata.reshape(payload_shape(new, st.spec.fmt))
+        return st.with_inner(qdata=qdata, shape=new, block=block, **_map_grid(st, lambda g: g.reshape(grid)))
     if packed and (not new or not old or new[-1] != old[-1]):
         return None
     if all(b == WHOLE for b in st.block):  # tensorwise: one scale for any shape

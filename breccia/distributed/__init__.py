@@ -1,0 +1,12 @@
+"""Distributed training and inference with ScaledTensors.
+
+- :mod:`.weight` -- ``TrainingWeight``, the high-precision weight of a layer
+  converted for training, carrying its recipe;
+- :mod:`.fsdp` -- FSDP2 all-gather hooks that move payload plus scales, for
+  every recipe, and ``precompute_scales``.
+"""
+
+from .fsdp import precompute_scales
+from .weight import TrainingWeight
+
+__all__ = ["TrainingWeight", "precompute_scales"]

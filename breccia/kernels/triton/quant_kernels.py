@@ -1,0 +1,362 @@
+"""The Triton quantize kernels (launched from :mod:`.quantize`).
+
+Every kernel reads its input once per pass, in row-major tiles seen as
+``(rows, blocks, block width)`` so one reduction over the last axis gives each
+block's amax; masked-out elements load as 0, which never raises an amax (the
+reference zero-pads partial blocks the same way).
+
+MODE (which scale rule) is a constexpr:
+0 fp32 ``amax``, 1 fp32 ``pow2``, 2 e8m0 ``floor``, 3 e8m0 ``rceil``,
+4 NVFP4 two-level, 5 INT4 symmetric, 6 INT4 asymmetric.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .quant_math import (
+    E4M3_TINY,
+    NVFP4_GLOBAL_DIVISOR,
+    TINY,
+    abs_bits,
+    e2m1_codes,
+    e2m1_codes_cvt,
+    e2m1_codes_fast,
+    e2m1_codes_stochastic,
+    e4m3_value,
+    e8m0_byte,
+    e8m0_inverse,
+    fp32_scale,
+    fp8_bits,
+    nan_clamp,
+    pack_nibbles,
+    round_half_even,
+    round_up_scale,
+    to_f32,
+)
+
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
+
+FP32_AMAX, FP32_POW2, E8M0_FLOOR, E8M0_RCEIL, NVFP4, INT4_SYM, INT4_ASYM = range(7)
+
+
+@triton.jit
+def _fp8_scale(amax, MODE: tl.constexpr, FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr,
+               TARGET: tl.constexpr, EMAX: tl.constexpr, INV_MAX: tl.constexpr):
+    """(value for the scale grid, per-block factor for :func:`_apply`) of the
+    FP8 modes 0-3."""
+    if MODE == 0:
+        s = fp32_scale(amax, FMAX, False, MARGIN_MUL, TARGET)
+        return s, s
+    elif MODE == 1:
+        s = fp32_scale(amax, FMAX, True, MARGIN_MUL, TARGET)
+        # a power of two: its reciprocal is exact, so multiply
+        return s, tl.math.div_rn(tl.zeros_like(s) + 1.0, s)
+    else:
+        byte = e8m0_byte(amax, EMAX, MODE == 3, INV_MAX)
+        return byte.to(tl.uint8), e8m0_inverse(byte)
+
+
+@triton.jit
+def _apply(x, f, MODE: tl.constexpr):
+    """``x / scale``: a correctly rounded division for fp32 ``amax`` scales,
+    else a multiplication by the exact reciprocal of a power of two."""
+    if MODE == 0:
+        return tl.math.div_rn(x, f)
+    else:
+        return x * f
+
+
+# --------------------------------------------------------------------------- tensorwise
+
+
+@triton.jit
+def partial_amax_kernel(x_ptr, part_ptr, N, n_iter, BLOCK: tl.constexpr):
+    """Pass 1 of tensorwise scaling: each program folds tiles ``pid, pid + P,
+    ...`` and writes one partial amax (int32 bits of a float >= 0)."""
+    pid = tl.program_id(0)
+    P = tl.num_programs(0)
+    acc = tl.zeros((BLOCK,), dtype=tl.int32)
+    for i in range(n_iter):
+        offs = (i * P + pid).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        x = to_f32(tl.load(x_ptr + offs, mask=offs < N, other=0.0))
+        acc = tl.maximum(acc, abs_bits(x))
+    tl.store(part_ptr + pid, tl.max(acc, axis=0))
+
+
+@triton.jit
+def cast_tensorwise_kernel(
+    x_ptr, q_ptr, s_ptr, amax_ptr, part_ptr, N, n_part,
+    BLOCK: tl.constexpr, PART_P2: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
+    FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, TARGET: tl.constexpr,
+    AMAX_GIVEN: tl.constexpr, NATIVE: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Pass 2: every program reduces the partials (a few KB from L2), derives
+    the one scale and casts its tile. REVERSE walks tiles from the end, which
+    pass 1 touched last and L2 may still hold."""
+    pid = tl.program_id(0)
+    if AMAX_GIVEN:
+        amax = tl.load(amax_ptr).to(tl.float32)
+    else:
+        i = tl.arange(0, PART_P2)
+        amax = tl.max(tl.load(part_ptr + i, mask=i < n_part, other=0), axis=0).to(tl.float32, bitcast=True)
+    s, f = _fp8_scale(amax, MODE, FMAX, MARGIN_MUL, TARGET, 0, 0.0)
+    tl.store(s_ptr, s, mask=pid == 0)
+    if REVERSE:
+        t = tl.num_programs(0) - 1 - pid
+    else:
+        t = pid
+    offs = t.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    x = to_f32(tl.load(x_ptr + offs, mask=m, other=0.0))
+    y = _apply(x, tl.zeros_like(x) + f, MODE)
+    tl.store(q_ptr + offs, fp8_bits(y, E4M3, NATIVE), mask=m)
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@triton.jit
+def quant_blocks_kernel(
+    x_ptr, q_ptr, s_ptr, zp_ptr, gs_ptr, amax_ptr, part_ptr, noise_ptr, bamax_ptr,
+    M, K, KP, n_mtiles, n_ktiles, n_sk, n_part,
+    BM: tl.constexpr, NB: tl.constexpr, BS: tl.constexpr, ROWS2D: tl.constexpr,
+    MODE: tl.constexpr, E4M3: tl.constexpr, FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr,
+    TARGET: tl.constexpr, EMAX: tl.constexpr, INV_MAX: tl.constexpr,
+    FP16: tl.constexpr, STINY: tl.constexpr, SMAX: tl.constexpr, ONE_BITS: tl.constexpr,
+    AMAX_GIVEN: tl.constexpr, BLOCK_AMAX: tl.constexpr, HAS_NOISE: tl.constexpr, PART_P2: tl.constexpr,
+    NATIVE: tl.constexpr, ODD_K: tl.constexpr, ENC: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """One pass over a (BM, NB * BS) tile of a batch of (M, K) matrices: amax
+    per block, scale, payload, scales (and zero points / global scale) out.
+
+    Blocks are (1, BS), or (BM, BS) when ROWS2D. A 1-D grid walks the tiles
+    in row-major order (``n_mtiles`` row tiles per batch entry, ``n_ktiles``
+    column tiles), backwards with REVERSE: after an amax pass the tail of the
+    input may still sit in L2. ``KP`` is the packed row length ``ceil(K / 2)``
+    of 4-bit payloads (an argument, so that Triton sees its divisibility and
+    vectorizes the stores)."""
+    pid = tl.program_id(0)
+    if REVERSE:
+        pid = tl.num_programs(0) - 1 - pid
+    pid_r = pid // n_ktiles
+    pid_k = pid - pid_r * n_ktiles
+    b = pid_r // n_mtiles
+    rl = (pid_r - b * n_mtiles) * BM + tl.arange(0, BM)
+    row_ok = rl < M
+    grow = b.to(tl.int64) * M + rl
+    kb = pid_k * NB + tl.arange(0, NB)
+    cols = kb[:, None] * BS + tl.arange(0, BS)[None, :]
+    offs = grow[:, None, None] * K + cols[None, :, :]
+    mask = row_ok[:, None, None] & (cols < K)[None, :, :]
+    x = to_f32(tl.load(x_ptr + offs, mask=mask, other=0.0))
+
+    am = tl.max(abs_bits(x), axis=2)
+    if ROWS2D:
+        am = tl.max(am, axis=0, keep_dims=True)
+        s_offs = pid_r * n_sk + kb[None, :]
+        s_mask = kb[None, :] < n_sk
+    else:
+        s_offs = grow[:, None] * n_sk + kb[None, :]
+        s_mask = row_ok[:, None] & (kb[None, :] < n_sk)
+    amax = am.to(tl.float32, bitcast=True)
+    if BLOCK_AMAX:  # amaxes reduced elsewhere (e.g. across the shards of a block)
+        amax = tl.load(bamax_ptr + s_offs, mask=s_mask, other=0.0)
+
+    if MODE <= 3:
+        if AMAX_GIVEN:
+            amax = tl.zeros_like(amax) + tl.load(amax_ptr).to(tl.float32)
+        s, f = _fp8_scale(amax, MODE, FMAX, MARGIN_MUL, TARGET, EMAX, INV_MAX)
+        tl.store(s_ptr + s_offs, s, mask=s_mask)
+        y = _apply(x, tl.broadcast_to(f[:, :, None], (BM, NB, BS)), MODE)
+        tl.store(q_ptr + offs, fp8_bits(y, E4M3, NATIVE), mask=mask)
+    else:
+        if HAS_NOISE:
+            noise = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+        if MODE == 4:
+            # global scale from the given amax, or from the pass-1 partials
+            if AMAX_GIVEN:
+                t_amax = tl.load(amax_ptr).to(tl.float32)
+            else:
+                i = tl.arange(0, PART_P2)
+                t_amax = tl.max(tl.load(part_ptr + i, mask=i < n_part, other=0), axis=0).to(tl.float32, bitcast=True)
+            g = tl.math.div_rn(t_amax, NVFP4_GLOBAL_DIVISOR)
+            g = tl.where(t_amax == 0.0, 1.0, tl.maximum(g, TINY, propagate_nan=tl.PropagateNan.ALL))
+            tl.store(gs_ptr, g, mask=pid == 0)
+            inv_g = tl.math.div_rn(1.0, g)  # once per program
+            gb = tl.zeros_like(amax) + g
+            bs = nan_clamp(tl.math.div_rn(tl.math.div_rn(amax, 6.0), gb), E4M3_TINY, 448.0)
+            bs8 = fp8_bits(bs, True, NATIVE)
+            tl.store(s_ptr + s_offs, bs8, mask=s_mask)
+            bsf = tl.where(bs != bs, bs, e4m3_value(bs8))
+            # the reference multiplies by the reciprocal of the combined scale
+            recip = tl.math.div_rn(tl.zeros_like(gb) + inv_g, bsf)
+            v = nan_clamp(x * tl.broadcast_to(recip[:, :, None], (BM, NB, BS)), -6.0, 6.0)
+            if HAS_NOISE:
+                codes = e2m1_codes_stochastic(v, noise)
+            elif ENC == 2 and NATIVE:
+                codes = e2m1_codes_cvt(v)
+            elif ENC >= 1:
+                codes = e2m1_codes_fast(v)
+            else:
+                codes = e2m1_codes(v)
+        else:
+            if MODE == 5:
+                s = nan_clamp(tl.math.div_rn(amax, 7.5), STINY, SMAX)
+                sf, sh = round_up_scale(s, FP16)
+                zero = amax == 0.0
+            else:
+                mn = tl.min(x, axis=2)
+                mx = tl.max(x, axis=2)
+                if ROWS2D:
+                    mn = tl.min(mn, axis=0, keep_dims=True)
+                    mx = tl.max(mx, axis=0, keep_dims=True)
+                nan = am > 0x7F800000  # tl.min / tl.max drop NaN; the reference keeps it
+                mn = tl.where(nan, amax, tl.minimum(mn, 0.0))
+                mx = tl.where(nan, amax, tl.maximum(mx, 0.0))
+                span = mx - mn
+                # a span that overflows float32 for finite extremes: split it
+                split = (span > FLT_MAX) & (mx <= FLT_MAX) & (mn >= -FLT_MAX)
+                s = tl.where(split, tl.math.div_rn(mx, 15.0) - tl.math.div_rn(mn, 15.0),
+                             tl.math.div_rn(span, 15.0))
+                sf, sh = round_up_scale(nan_clamp(s, STINY, SMAX), FP16)
+                zero = mx == mn
+            sf = tl.where(zero, 1.0, sf)
+            sh = tl.where(zero, ONE_BITS, sh.to(tl.int32)).to(tl.int16)
+            tl.store(s_ptr + s_offs, sh, mask=s_mask)
+            sf3 = tl.broadcast_to(sf[:, :, None], (BM, NB, BS))
+            y = tl.math.div_rn(x, sf3)
+            if MODE == 6:
+                zp = nan_clamp(round_half_even(nan_clamp(tl.math.div_rn(-mn, sf), -16.0, 32.0)), 0.0, 15.0)
+                tl.store(zp_ptr + s_offs, zp.to(tl.uint8), mask=s_mask)
+                y = y + tl.broadcast_to(zp[:, :, None], (BM, NB, BS))
+            # clamping first keeps the rounding trick in range; it cannot
+            # change the clamped result
+            y = nan_clamp(y, -32.0, 48.0)
+            if HAS_NOISE:
+                r = tl.floor(y + noise)
+            else:
+                r = round_half_even(y)
+            ok = r == r  # a NaN group's codes are 0, as on the CPU
+            if MODE == 5:
+                r = tl.clamp(r, -8.0, 7.0)
+            else:
+                r = tl.clamp(r, 0.0, 15.0)
+            codes = tl.where(ok, r.to(tl.int32) & 0xF, 0)
+        if ODD_K:  # the last byte's high nibble is padding: code 0
+            codes = tl.where(mask, codes, 0)
+        packed = pack_nibbles(codes, BM, NB, BS)
+        pcols = kb[:, None] * (BS // 2) + tl.arange(0, BS // 2)[None, :]
+        p_offs = grow[:, None, None] * KP + pcols[None, :, :]
+        tl.store(q_ptr + p_offs, packed, mask=row_ok[:, None, None] & (pcols < KP)[None, :, :])
+
+
+@triton.jit
+def quant_rowwise_loop_kernel(
+    x_ptr, q_ptr, s_ptr, amax_ptr, bamax_ptr, R, K,
+    BM: tl.constexpr, BK: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
+    FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, TARGET: tl.constexpr,
+    AMAX_GIVEN: tl.constexpr, BLOCK_AMAX: tl.constexpr, NATIVE: tl.constexpr,
+):
+    """Rowwise FP8 for rows too long for one tile: an amax loop, then a cast
+    loop (the second read of the row block mostly hits L2)."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    row_ok = rows < R
+    base = rows.to(tl.int64)[:, None] * K
+    if AMAX_GIVEN:
+        amax = tl.zeros((BM,), tl.float32) + tl.load(amax_ptr).to(tl.float32)
+    elif BLOCK_AMAX:
+        amax = tl.load(bamax_ptr + rows, mask=row_ok, other=0.0)
+    else:
+        acc = tl.zeros((BM, BK), dtype=tl.int32)
+        for k0 in range(0, K, BK):
+            cols = k0 + tl.arange(0, BK)
+            m = row_ok[:, None] & (cols < K)[None, :]
+            x = to_f32(tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0))
+            acc = tl.maximum(acc, abs_bits(x))
+        amax = tl.max(acc, axis=1).to(tl.float32, bitcast=True)
+    s, f = _fp8_scale(amax, MODE, FMAX, MARGIN_MUL, TARGET, 0, 0.0)
+    tl.store(s_ptr + rows, s, mask=row_ok)
+    for k0 in range(0, K, BK):
+        cols = k0 + tl.arange(0, BK)
+        m = row_ok[:, None] & (cols < K)[None, :]
+        x = to_f32(tl.load(x_ptr + base + cols[None, :], mask=m, other=0.0))
+        y = _apply(x, tl.broadcast_to(f[:, None], (BM, BK)), MODE)
+        tl.store(q_ptr + base + cols[None, :], fp8_bits(y, E4M3, NATIVE), mask=m)
+
+
+@triton.jit
+def quant_rowcol_kernel(
+    x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, n_sk, n_rb,
+    B: tl.constexpr, NB: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
+    FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, TARGET: tl.constexpr,
+    EMAX: tl.constexpr, INV_MAX: tl.constexpr, NATIVE: tl.constexpr,
+):
+    """(1, B) blocks of ``x`` (M, K) and, from the same (B, NB * B) tile, (1, B)
+    blocks of ``x.T`` (K, M): the columnwise copy the backward GEMMs want."""
+    pid_r = tl.program_id(0)
+    rows = pid_r * B + tl.arange(0, B)
+    row_ok = rows < M
+    kb = tl.program_id(1) * NB + tl.arange(0, NB)
+    cols = kb[:, None] * B + tl.arange(0, B)[None, :]
+    col_ok = cols < K
+    mask = row_ok[:, None, None] & col_ok[None, :, :]
+    x = to_f32(tl.load(x_ptr + rows.to(tl.int64)[:, None, None] * K + cols[None, :, :], mask=mask, other=0.0))
+    bits = abs_bits(x)
+
+    # rowwise: blocks along K
+    s, f = _fp8_scale(tl.max(bits, axis=2).to(tl.float32, bitcast=True), MODE, FMAX, MARGIN_MUL, TARGET, EMAX, INV_MAX)
+    tl.store(s_ptr + rows.to(tl.int64)[:, None] * n_sk + kb[None, :], s,
+             mask=row_ok[:, None] & (kb[None, :] < n_sk))
+    y = _apply(x, tl.broadcast_to(f[:, :, None], (B, NB, B)), MODE)
+    tl.store(q_ptr + rows.to(tl.int64)[:, None, None] * K + cols[None, :, :], fp8_bits(y, E4M3, NATIVE), mask=mask)
+
+    # columnwise: blocks along M, written transposed (K, M)
+    sc, fc = _fp8_scale(tl.max(bits, axis=0).to(tl.float32, bitcast=True), MODE, FMAX, MARGIN_MUL, TARGET, EMAX, INV_MAX)
+    tl.store(st_ptr + cols.to(tl.int64) * n_rb + pid_r, sc, mask=col_ok)
+    yc = _apply(x, tl.broadcast_to(fc[None, :, :], (B, NB, B)), MODE)
+    t_offs = cols.to(tl.int64)[None, :, :] * M + rows[:, None, None]
+    tl.store(qt_ptr + t_offs, fp8_bits(yc, E4M3, NATIVE), mask=mask)
+
+
+@triton.jit
+def quant_rowcol2d_kernel(
+    x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, n_sk, n_rb,
+    B: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
+    FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, TARGET: tl.constexpr,
+    EMAX: tl.constexpr, INV_MAX: tl.constexpr, NATIVE: tl.constexpr,
+):
+    """:func:`quant_rowcol_kernel` on a 2-D (B, W) tile (W a multiple of B):
+    simpler layouts for Triton, and the transposed store is one ``tl.trans``."""
+    pid_r = tl.program_id(0)
+    rows = pid_r * B + tl.arange(0, B)
+    row_ok = rows < M
+    cols = tl.program_id(1) * W + tl.arange(0, W)
+    col_ok = cols < K
+    mask = row_ok[:, None] & col_ok[None, :]
+    x = to_f32(tl.load(x_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], mask=mask, other=0.0))
+    bits = abs_bits(x)
+
+    # columnwise first (blocks along M, written transposed (K, M)), then rowwise
+    sc, fc = _fp8_scale(tl.max(bits, axis=0).to(tl.float32, bitcast=True), MODE, FMAX, MARGIN_MUL, TARGET, EMAX,
+                        INV_MAX)
+    tl.store(st_ptr + cols.to(tl.int64) * n_rb + pid_r, sc, mask=col_ok)
+    qc = fp8_bits(_apply(x, tl.broadcast_to(fc[None, :], (B, W)), MODE), E4M3, NATIVE)
+    tl.store(qt_ptr + cols.to(tl.int64)[:, None] * M + rows[None, :], tl.trans(qc),
+             mask=col_ok[:, None] & row_ok[None, :])
+
+    if W == B:
+        s, f = _fp8_scale(tl.max(bits, axis=1).to(tl.float32, bitcast=True), MODE, FMAX, MARGIN_MUL, TARGET, EMAX,
+                          INV_MAX)
+        tl.store(s_ptr + rows.to(tl.int64) * n_sk + tl.program_id(1), s, mask=row_ok)
+        fr = tl.broadcast_to(f[:, None], (B, W))
+    else:
+        am = tl.max(tl.reshape(bits, (B, W // B, B)), axis=2).to(tl.float32, bitcast=True)
+        s, f = _fp8_scale(am, MODE, FMAX, MARGIN_MUL, TARGET, EMAX, INV_MAX)
+        kb = tl.program_id(1) * (W // B) + tl.arange(0, W // B)
+        tl.store(s_ptr + rows.to(tl.int64)[:, None] * n_sk + kb[None, :], s,
+                 mask=row_ok[:, None] & (kb[None, :] < n_sk))
+        fr = tl.reshape(tl.broadcast_to(f[:, :, None], (B, W // B, B)), (B, W))
+    q = fp8_bits(_apply(x, fr, MODE), E4M3, NATIVE)
+    tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)

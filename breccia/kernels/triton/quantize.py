@@ -1,0 +1,438 @@
+"""Triton quantizers: host side (what to launch, with which constants).
+
+:func:`quantize` reproduces :func:`breccia.quantize.quantize_reference` bit for
+bit for every recipe's spec that :func:`supports` accepts; the kernels live in
+:mod:`.quant_kernels`, their arithmetic in :mod:`.quant_math`. Both are also
+registered as ``torch.library.triton_op`` (``breccia::triton_quantize``,
+``breccia::triton_quantize_rowcol``) so that ``torch.compile`` sees the
+kernels and can fuse around them.
+
+No launch depends on tensor values: tensorwise and NVFP4 global amaxes are
+reduced on the device (per-program partials, folded again by every program
+of the next pass), never read back with ``.item()``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import triton
+
+from ...formats import ElementFormat
+from ...quantize import Quantized, block_for, payload_shape, scale_grid_shape
+from ...recipes import WHOLE, QuantSpec
+from .quant_kernels import (
+    E8M0_FLOOR,
+    E8M0_RCEIL,
+    FP32_AMAX,
+    FP32_POW2,
+    INT4_ASYM,
+    INT4_SYM,
+    NVFP4,
+    cast_tensorwise_kernel,
+    partial_amax_kernel,
+    quant_blocks_kernel,
+    quant_rowcol2d_kernel,
+    quant_rowcol_kernel,
+    quant_rowwise_loop_kernel,
+)
+
+__all__ = ["supports", "quantize", "quantize_rowwise_and_columnwise", "supports_rowcol", "Config"]
+
+#: rowwise rows up to this many elements are quantized as one register tile
+ROW_TILE_MAX = 16384
+#: eager launches after the first skip Triton's argument binding (see _fast)
+FAST_LAUNCH = True
+#: the fp8 conversion is emulated in integer arithmetic where this is set
+#: (the interpreter always emulates; the GPU check also runs it on the GPU)
+FORCE_EMULATION = False
+
+#: e2m1 encoder: 2 = ``cvt.rni`` on the GPU (1 elsewhere), 1 = rounding by
+#: adding 2**23, 0 = the reference's seven comparisons (kept for the benchmark)
+E2M1_ENCODER = 2
+
+_IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+Launch = Callable[..., Callable]
+
+
+class Config(NamedTuple):
+    """Tile shape and warps: ``rows`` x ``width`` elements per program (block
+    kernels), or ``width`` elements (tensorwise passes)."""
+
+    rows: int
+    width: int
+    warps: int
+
+
+#: the persistent amax pass: programs per SM, elements per iteration, warps
+AMAX_PASS = Config(4, 8192, 8)
+
+
+def _direct(kernel, grid, key=None):
+    return kernel[grid]
+
+
+def _wrapped(kernel, grid, key=None):
+    return torch.library.wrap_triton(kernel)[grid]
+
+
+#: launch key -> (compiled kernel, constexpr values in parameter order)
+_LAUNCHERS: dict = {}
+
+
+def _stream(index: int):
+    return torch._C._cuda_getCurrentRawStream(index)
+
+
+def _fast(kernel, grid, key):
+    """``kernel[grid]`` for eager calls: the first launch of ``key`` goes
+    through Triton (specialization, compile), later ones call the compiled
+    kernel directly, skipping Triton's per-launch argument binding (most of
+    an eager quantize's host time). ``key`` must hold everything Triton
+    specializes on: the plan (shapes, constexprs), input dtypes, pointer
+    alignment, device. Any surprise turns the shortcut off for good."""
+
+    def go(*args, **meta):
+        global FAST_LAUNCH
+        entry = _LAUNCHERS.get(key) if FAST_LAUNCH else None
+        if entry is not None:
+            ck, consts = entry
+            try:
+                ck.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+                       _stream(key[-1]), ck.function, ck.packed_metadata, None, None, None, *args, *consts)
+                return None
+            except Exception:  # a Triton whose launcher differs: use its own path
+                FAST_LAUNCH = False
+        ck = kernel[grid](*args, **meta)
+        if FAST_LAUNCH and key is not None and hasattr(ck, "packed_metadata") and hasattr(ck, "function"):
+            names = kernel.arg_names
+            _LAUNCHERS[key] = (ck, tuple(meta[n] for n in names[len(args):]))
+        return ck
+
+    return go
+
+
+def _eager(x: torch.Tensor) -> Launch:
+    return _fast if x.is_cuda and _native(x) else _direct
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    return t.data_ptr() % 16 == 0
+
+
+def _native(x: torch.Tensor) -> bool:
+    return x.is_cuda and not FORCE_EMULATION and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+@lru_cache(maxsize=None)
+def _sm_count(index: Optional[int]) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _n_programs(x: torch.Tensor) -> int:
+    """Programs of the persistent amax pass: a few per SM."""
+    return AMAX_PASS.rows * _sm_count(x.device.index) if x.is_cuda else 4
+
+
+def _pow2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+# --------------------------------------------------------------------------- what the kernels take
+
+
+class _Geometry(NamedTuple):
+    kind: str  # "tensor", "row" (one block per row) or "blocks"
+    batch: int  # leading entries of 2-D blocks; 1 otherwise
+    rows: int  # rows per batch entry
+    cols: int  # K, the last dim
+    bm: int
+    bk: int
+
+
+@lru_cache(maxsize=4096)
+def _geometry(shape: tuple, spec: QuantSpec) -> Optional[_Geometry]:
+    nd = len(shape)
+    block = block_for(spec.block, nd)
+    K = int(shape[-1])
+    if all(b == WHOLE for b in block):
+        return _Geometry("tensor", 1, math.prod(shape[:-1]), K, 0, 0)
+    bk = block[-1]
+    bm = block[-2] if nd >= 2 else 1
+    if bm == WHOLE or (bk == WHOLE and bm != 1):
+        return None
+    if bk == WHOLE:
+        return _Geometry("row", 1, math.prod(shape[:-1]), K, 1, K)
+    if not (_pow2(bk) and 2 <= bk <= 1024 and _pow2(bm) and bm <= 128):
+        return None
+    if bm == 1:
+        return _Geometry("blocks", 1, math.prod(shape[:-1]), K, 1, bk)
+    return _Geometry("blocks", math.prod(shape[:-2]), int(shape[-2]), K, bm, bk)
+
+
+def _geom(shape: tuple, spec: QuantSpec) -> Optional[_Geometry]:
+    """:func:`_geometry`, cached for concrete shapes (traced ones may hold SymInts)."""
+    return (_geometry if all(type(s) is int for s in shape) else _geometry.__wrapped__)(shape, spec)
+
+
+def _mode(spec: QuantSpec) -> int:
+    rule = spec.scale_rule
+    return {
+        "fp32": FP32_POW2 if rule == "pow2" else FP32_AMAX,
+        "e8m0": E8M0_RCEIL if rule == "rceil" else E8M0_FLOOR,
+        "e4m3": NVFP4,
+    }.get(spec.scale_format, INT4_SYM if rule == "symmetric" else INT4_ASYM)
+
+
+def supports(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor] = None,
+             noise: Optional[torch.Tensor] = None, block_amax: Optional[torch.Tensor] = None) -> bool:
+    """Whether :func:`quantize` takes ``x`` with ``spec`` (else use the
+    reference): float input with at least one element, blocks that are powers
+    of two (at most 128 x 1024), an ``amax`` of one element, a ``block_amax``
+    of the scale grid's size."""
+    if x.dtype not in _IN_DTYPES or x.dim() == 0 or x.numel() == 0:
+        return False
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
+        return False
+    if amax is not None and amax.numel() != 1:
+        return False
+    if noise is not None and tuple(noise.shape) != tuple(x.shape):
+        return False
+    shape = tuple(x.shape)
+    if block_amax is not None and block_amax.numel() != math.prod(scale_grid_shape(shape, block_for(spec.block, len(shape)))):
+        return False
+    return _geom(shape, spec) is not None
+
+
+@lru_cache(maxsize=None)
+def _fp8_constants(fmt: ElementFormat, margin: int) -> dict:
+    inv_max = float(torch.tensor(1.0 / fmt.max, dtype=torch.float32))  # the reference's fp32 1/max
+    return dict(E4M3=fmt.name == "e4m3", FMAX=fmt.max, MARGIN_MUL=2.0**margin,
+                TARGET=fmt.max * 2.0**-margin, EMAX=fmt.emax, INV_MAX=inv_max)
+
+
+_E4M3 = ElementFormat("e4m3", 8, 448.0, 8, torch.float8_e4m3fn)
+_TENSOR_KEYS = ("E4M3", "FMAX", "MARGIN_MUL", "TARGET")
+
+
+def _block_config(g: _Geometry, mode: int) -> Config:
+    """Default tiles, from the H100 sweep in ``benchmarks/bench_quantize.py``
+    (8192 x 8192 bf16): 4K-8K elements per program, wide along K."""
+    kp2 = triton.next_power_of_2(g.cols)
+    if g.kind == "row":  # one row per tile row; 64 elements per thread
+        return Config(max(1, 8192 // kp2), kp2, max(4, min(16, kp2 // 2048)))
+    if g.bm > 1:  # 2-D blocks: the tile is one block tall
+        width = max(g.bk, min(kp2, 8192 // g.bm))
+        return Config(g.bm, width, 16 if g.bm * width >= 16384 else 4)
+    width = max(g.bk, min(kp2, 2048))
+    if mode == FP32_AMAX or mode == NVFP4:  # division-heavy: smaller tiles, more of them
+        return Config(max(1, 4096 // width), width, 4)
+    return Config(max(1, min(64, 8192 // width)), width, 8)
+
+
+class _Plan(NamedTuple):
+    """Everything host-side about one launch that depends only on shapes and
+    flags (cached per call signature in eager mode)."""
+
+    n_part: int  # programs of the amax pass (0: no amax pass)
+    part_iters: int
+    kernel: str  # "tensor", "rowloop" or "blocks"
+    grid: tuple
+    ints: tuple  # runtime int arguments after the pointers
+    meta: dict  # constexprs and num_warps
+
+
+def _plan(spec: QuantSpec, shape: tuple, given: bool, has_bamax: bool, has_noise: bool, native: bool,
+          config: Optional[Config], reverse: bool, n_programs: int, enc: int, amax_pass: Config) -> _Plan:
+    fmt = spec.fmt
+    g = _geom(shape, spec)
+    mode = _mode(spec)
+    N = math.prod(shape)
+    n_part = part_iters = 0
+    if (g.kind == "tensor" or mode == NVFP4) and not given:
+        blk = amax_pass.width
+        n_part = max(1, min(triton.cdiv(N, blk), n_programs))
+        part_iters = triton.cdiv(triton.cdiv(N, blk), n_part)
+    p2 = triton.next_power_of_2(max(n_part, 1))
+    consts = _fp8_constants(fmt if fmt.bits == 8 else _E4M3, spec.margin if fmt.bits == 8 else 0)
+    if g.kind == "tensor":
+        cfg = config or Config(1, 8192, 8)
+        meta = dict(BLOCK=cfg.width, PART_P2=p2, MODE=mode, AMAX_GIVEN=given, NATIVE=native, REVERSE=reverse,
+                    num_warps=cfg.warps, **{k: consts[k] for k in _TENSOR_KEYS})
+        return _Plan(n_part, part_iters, "tensor", (triton.cdiv(N, cfg.width),), (N, n_part), meta)
+    if g.kind == "row" and triton.next_power_of_2(g.cols) > ROW_TILE_MAX:
+        cfg = config or Config(4, 2048, 8)
+        R = g.batch * g.rows
+        meta = dict(BM=cfg.rows, BK=cfg.width, MODE=mode, AMAX_GIVEN=given, BLOCK_AMAX=has_bamax, NATIVE=native,
+                    num_warps=cfg.warps, **{k: consts[k] for k in _TENSOR_KEYS})
+        return _Plan(0, 0, "rowloop", (triton.cdiv(R, cfg.rows),), (R, g.cols), meta)
+    cfg = config or _block_config(g, mode)
+    bs = triton.next_power_of_2(g.cols) if g.kind == "row" else g.bk
+    width = max(cfg.width, bs)
+    rows = g.bm if g.bm > 1 else cfg.rows
+    n_mtiles = triton.cdiv(g.rows, rows)
+    n_ktiles = triton.cdiv(g.cols, width)
+    n_sk = 1 if g.kind == "row" else triton.cdiv(g.cols, g.bk)
+    sdt = spec.scale_torch_dtype
+    finfo = torch.finfo(sdt) if sdt in (torch.bfloat16, torch.float16) else None
+    meta = dict(
+        BM=rows, NB=width // bs, BS=bs, ROWS2D=g.bm > 1, MODE=mode,
+        FP16=sdt == torch.float16, STINY=finfo.tiny if finfo else 0.0, SMAX=finfo.max if finfo else 0.0,
+        ONE_BITS=0x3C00 if sdt == torch.float16 else 0x3F80,
+        AMAX_GIVEN=given, BLOCK_AMAX=has_bamax, HAS_NOISE=has_noise, PART_P2=p2, NATIVE=native,
+        ODD_K=g.cols % 2 == 1, ENC=enc, REVERSE=reverse and n_part > 0,
+        num_warps=cfg.warps, **consts,
+    )
+    ints = (g.rows, g.cols, (g.cols + 1) // 2, n_mtiles, n_ktiles, n_sk, n_part)
+    return _Plan(n_part, part_iters, "blocks", (g.batch * n_mtiles * n_ktiles,), ints, meta)
+
+
+_plan_cached = lru_cache(maxsize=4096)(_plan)
+
+
+# --------------------------------------------------------------------------- launches
+
+
+def _run(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+         block_amax: Optional[torch.Tensor], launch: Launch, config: Optional[Config] = None,
+         reverse: bool = True) -> tuple:
+    shape = tuple(x.shape)
+    fmt = spec.fmt
+    mode = _mode(spec)
+    x = x.contiguous()
+    dev = x.device
+    tensorwise = all(b == WHOLE for b in block_for(spec.block, len(shape)))
+    if tensorwise and amax is None and block_amax is not None:
+        amax, block_amax = block_amax, None  # one block: its amax is the tensor's
+    given = amax is not None and mode in (FP32_AMAX, FP32_POW2, NVFP4)
+    has_bamax = block_amax is not None
+    has_noise = noise is not None and mode in (NVFP4, INT4_SYM, INT4_ASYM)
+    pkey = (spec, shape, given, has_bamax, has_noise, _native(x), config, reverse, _n_programs(x), E2M1_ENCODER,
+            AMAX_PASS)
+    # eager shapes are ints: cache the plan; traced ones may be symbolic
+    plan = (_plan if launch is _wrapped else _plan_cached)(*pkey)
+
+    grid_shape = scale_grid_shape(shape, block_for(spec.block, len(shape)))
+    qdata = torch.empty(payload_shape(shape, fmt), dtype=fmt.storage, device=dev)
+    scale = torch.empty(grid_shape, dtype=spec.scale_torch_dtype, device=dev)
+    gs = torch.empty(() if spec.has_global_scale else (0,), dtype=torch.float32, device=dev)
+    zp = torch.empty(grid_shape if spec.has_zero_point else (0,), dtype=torch.uint8, device=dev)
+    q_arg = qdata.view(torch.uint8)
+    es = scale.element_size()
+    s_arg = scale if es == 4 else scale.view(torch.int16 if es == 2 else torch.uint8)
+    amax_arg = amax.to(device=dev, dtype=torch.float32).reshape(1) if given else x
+    bamax_arg = block_amax.to(device=dev, dtype=torch.float32).contiguous() if has_bamax else x
+    noise_arg = noise.to(device=dev, dtype=torch.float32).contiguous() if has_noise else x
+
+    key = None
+    if launch is _fast:  # what Triton specializes on, beyond the plan
+        key = (pkey, x.dtype, _aligned(x), _aligned(amax_arg), _aligned(noise_arg), _aligned(bamax_arg), dev.index)
+    part = x
+    if plan.n_part:  # pass 1: partial amaxes, folded again by every program of pass 2
+        part = torch.empty(plan.n_part, dtype=torch.int32, device=dev)
+        launch(partial_amax_kernel, (plan.n_part,), key and ("amax",) + key)(
+            x, part, x.numel(), plan.part_iters, BLOCK=AMAX_PASS.width, num_warps=AMAX_PASS.warps)
+    if plan.kernel == "tensor":
+        launch(cast_tensorwise_kernel, plan.grid, key)(x, q_arg, s_arg, amax_arg, part, *plan.ints, **plan.meta)
+    elif plan.kernel == "rowloop":
+        launch(quant_rowwise_loop_kernel, plan.grid, key)(
+            x, q_arg, s_arg, amax_arg, bamax_arg, *plan.ints, **plan.meta)
+    else:
+        launch(quant_blocks_kernel, plan.grid, key)(
+            x, q_arg, s_arg, zp, gs, amax_arg, part, noise_arg, bamax_arg, *plan.ints, **plan.meta
+        )
+    return qdata, scale, gs, zp
+
+
+def quantize(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor] = None,
+             noise: Optional[torch.Tensor] = None, block_amax: Optional[torch.Tensor] = None, *,
+             config: Optional[Config] = None, reverse: bool = True) -> Quantized:
+    """``quantize_reference(x, spec, amax=amax, noise=noise, block_amax=block_amax)``
+    on the Triton kernels (eager: launched directly). Call only where
+    :func:`supports`. ``config`` / ``reverse`` are tuning knobs for benchmarks."""
+    qdata, scale, gs, zp = _run(x, spec, amax, noise, block_amax, _eager(x), config, reverse)
+    return Quantized(qdata, scale, gs if spec.has_global_scale else None, zp if spec.has_zero_point else None)
+
+
+def quantize_tuple(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor] = None,
+                   noise: Optional[torch.Tensor] = None, block_amax: Optional[torch.Tensor] = None) -> tuple:
+    """:func:`quantize` in ``breccia::quantize``'s output convention: empty
+    tensors where the spec has no global scale / zero point."""
+    return _run(x, spec, amax, noise, block_amax, _eager(x))
+
+
+# --------------------------------------------------------------------------- fused transpose
+
+
+def supports_rowcol(x: torch.Tensor, spec: QuantSpec) -> bool:
+    """(1, B) FP8 blocks (fp32 or e8m0 scales, B a power of two from 16 to 128)
+    of a 2-D tensor."""
+    b = tuple(spec.block)
+    return (
+        x.dim() == 2 and x.numel() > 0 and x.dtype in _IN_DTYPES
+        and (x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1")
+        and spec.fmt.bits == 8 and len(b) == 2 and b[0] == 1 and _pow2(b[1]) and 16 <= b[1] <= 128
+    )
+
+
+def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Optional[Config] = None) -> tuple:
+    M, K = x.shape
+    B = spec.block[1]
+    x = x.contiguous()
+    dev = x.device
+    mode = _mode(spec)
+    sd = spec.scale_torch_dtype
+    q = torch.empty((M, K), dtype=spec.fmt.storage, device=dev)
+    s = torch.empty((M, triton.cdiv(K, B)), dtype=sd, device=dev)
+    qt = torch.empty((K, M), dtype=spec.fmt.storage, device=dev)
+    st = torch.empty((K, triton.cdiv(M, B)), dtype=sd, device=dev)
+    cfg = config or (Config(2, 128, 16) if B == 128 else Config(2, 128, 4))
+    width = max(cfg.width, B)
+    sv = (lambda t: t) if sd == torch.float32 else (lambda t: t.view(torch.uint8))
+    key = ("rowcol", spec, M, K, cfg, x.dtype, _aligned(x), dev.index) if launch is _fast else None
+    args = (x, q.view(torch.uint8), sv(s), qt.view(torch.uint8), sv(st), M, K, triton.cdiv(K, B), triton.cdiv(M, B))
+    grid = (triton.cdiv(M, B), triton.cdiv(K, width))
+    consts = _fp8_constants(spec.fmt, spec.margin)
+    if cfg.rows == 2:  # config.rows picks the implementation: 2 = 2-D tile, 3 = (rows, blocks, width) tile
+        launch(quant_rowcol2d_kernel, grid, key)(*args, B=B, W=width, MODE=mode, NATIVE=_native(x),
+                                                 num_warps=cfg.warps, **consts)
+    else:
+        launch(quant_rowcol_kernel, grid, key)(*args, B=B, NB=width // B, MODE=mode, NATIVE=_native(x),
+                                               num_warps=cfg.warps, **consts)
+    return q, s, qt, st
+
+
+def quantize_rowwise_and_columnwise(x: torch.Tensor, spec: QuantSpec, *,
+                                    config: Optional[Config] = None) -> tuple[Quantized, Quantized]:
+    """``(quantize_reference(x, spec), quantize_reference(x.T, spec))`` from
+    one read of ``x`` (M, K): the columnwise copy is (K, M), blocked along M,
+    as the backward GEMMs (``dgrad``/``wgrad``) want it."""
+    if not supports_rowcol(x, spec):
+        raise ValueError(
+            f"quantize_rowwise_and_columnwise: expected a non-empty 2-D float tensor and an FP8 spec with "
+            f"(1, B) blocks, B in 16..128 a power of two; got shape {tuple(x.shape)}, {x.dtype}, block {spec.block}"
+        )
+    q, s, qt, st = _run_rowcol(x, spec, _eager(x), config)
+    return Quantized(q, s, None, None), Quantized(qt, st, None, None)
+
+
+# --------------------------------------------------------------------------- torch.library
+
+
+@torch.library.triton_op("breccia::triton_quantize", mutates_args=())
+def triton_quantize(
+    x: torch.Tensor, spec: str, amax: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+    block_amax: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``breccia::quantize`` on the Triton kernels, visible to Inductor."""
+    return _run(x, QuantSpec.from_key(spec), amax, noise, block_amax, _wrapped)
+
+
+@torch.library.triton_op("breccia::triton_quantize_rowcol", mutates_args=())
+def triton_quantize_rowcol(x: torch.Tensor, spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rowwise and columnwise (1, B) FP8 payloads and scales of 2-D ``x``."""
+    return _run_rowcol(x, QuantSpec.from_key(spec), _wrapped)

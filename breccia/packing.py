@@ -1,0 +1,187 @@
+"""The ``Packed`` layout: 4-bit weights pre-shuffled for the W4A16 kernels.
+
+A 4-bit weight (INT4 or NVFP4) of logical shape ``(N, K)``, one scale per
+``g`` along K (block ``(1, g)``, ``g`` a power of two >= 16), is stored for
+:mod:`breccia.kernels.triton.w4a16` as a 4-D uint8 tensor::
+
+    qdata[N_pad / 16, K_pad / 32, 16, 16]     # [row group, chunk, row, byte]
+
+Row ``n`` and chunk ``c`` (32 codes along K) sit in 16 bytes at
+``qdata[n // 16, c, n % 16]``; byte ``j`` holds code ``32c + j`` in its low
+nibble and code ``32c + 16 + j`` in its high nibble. So:
+
+- a kernel loads a chunk of one row as one 16-byte vector, and a tile of 16
+  rows x ``C`` chunks is ``C * 256`` contiguous bytes (coalesced, one stream
+  per 16 rows instead of one per row);
+- unpacking is ``b & 0xF`` and ``b >> 4`` with no interleave: the low nibbles
+  of a chunk are its first 16 codes, the high nibbles the next 16, each half
+  within one scale group (``g >= 16``).
+
+N and K are padded with zero codes to 16 rows and 32 codes; the padding is
+never read as data (the kernel masks K against the activation and N against
+the output). Scales, zero points and the NVFP4 global scale keep their Plain
+form. Everything here is lossless: :func:`from_packed` returns the Plain bits.
+
+A Packed tensor may also be *transposed* (logical ``(K, N)``, block
+``(g, 1)``): ``w.t()`` -- what ``F.linear`` hands the router -- only swaps the
+logical shape, the block and the scale grid's strides; the payload stays put.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
+import torch
+
+from . import formats
+
+if TYPE_CHECKING:  # tensor.py imports layouts, which imports this module lazily
+    from .tensor import ScaledTensor
+
+__all__ = [
+    "ROWS",
+    "CHUNK",
+    "packed_shape",
+    "pack_codes",
+    "unpack_codes",
+    "packed_incompatibility",
+    "to_packed",
+    "from_packed",
+    "transpose_packed",
+    "PackedOperands",
+    "packed_operands",
+]
+
+#: rows interleaved in one storage tile
+ROWS = 16
+#: codes per chunk (16 bytes: one vector load)
+CHUNK = 32
+
+_ELEMENTS = ("int4", "e2m1")
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def packed_shape(n: int, k: int) -> tuple[int, int, int, int]:
+    """Shape of the Packed payload of an ``(n, k)`` weight."""
+    return (_round_up(n, ROWS) // ROWS, _round_up(k, CHUNK) // CHUNK, ROWS, CHUNK // 2)
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """``codes`` (N, K) uint8 in 0..15 -> the Packed payload (see module doc)."""
+    n, k = codes.shape
+    rg, kc, _, _ = packed_shape(n, k)
+    padded = codes.new_zeros((rg * ROWS, kc * CHUNK), dtype=torch.uint8)
+    padded[:n, :k] = codes
+    # (row group, row, chunk, half, j): half 0 -> low nibble, half 1 -> high
+    c = padded.view(rg, ROWS, kc, 2, CHUNK // 2)
+    byte = c[:, :, :, 0, :] | (c[:, :, :, 1, :] << 4)
+    return byte.permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_codes(qdata: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: the (n, k) uint8 codes."""
+    rg, kc = qdata.shape[0], qdata.shape[1]
+    b = qdata.permute(0, 2, 1, 3)  # (row group, row, chunk, j)
+    codes = torch.stack([b & 0xF, b >> 4], dim=3)  # (row group, row, chunk, half, j)
+    return codes.reshape(rg * ROWS, kc * CHUNK)[:n, :k]
+
+
+def _k_dim(st: "ScaledTensor") -> Optional[int]:
+    """The dim holding K (the one with the scale groups): 1 for a weight
+    ``(N, K)`` with block ``(1, g)``, 0 for its transpose; None if neither."""
+    if st.dim() != 2:
+        return None
+    b0, b1 = st.block
+    if b0 == 1 and b1 >= 16:
+        return 1
+    if b1 == 1 and b0 >= 16:
+        return 0
+    return None
+
+
+def packed_incompatibility(st: "ScaledTensor") -> Optional[str]:
+    """Why ``st`` cannot take the Packed layout, or None if it can."""
+    spec = st.spec
+    if spec.element not in _ELEMENTS:
+        return f"it applies to 4-bit weights (INT4, NVFP4), and {st.recipe.name} has {spec.element} elements"
+    if st.dim() != 2:
+        return f"it needs a 2-D weight, and the tensor has shape {tuple(st.shape)}"
+    kd = _k_dim(st)
+    if kd is None:
+        return f"it needs one scale per group of >= 16 along one dim (block (1, g) or (g, 1)), got block {st.block}"
+    g = st.block[kd]
+    if g & (g - 1) or g % 16:
+        return f"its groups must be a power of two >= 16, got {g}"
+    return None
+
+
+def to_packed(st: "ScaledTensor") -> "ScaledTensor":
+    """A Plain 4-bit ``st`` in the Packed layout (kept transposed if it was)."""
+    from .layouts import Packed
+
+    kd = _k_dim(st)
+    codes = formats.unpack_nibbles(st.qdata, int(st.shape[-1]))
+    grids = {"scale": st.scale, "zero_point": st.zero_point}
+    if kd == 0:  # (K, N): pack the (N, K) weight, keep (K, N)-shaped grid views
+        codes = codes.t()
+        grids = {k: v.t().contiguous().t() if v is not None else None for k, v in grids.items()}
+    else:
+        grids = {k: v.contiguous() if v is not None else None for k, v in grids.items()}
+    return st.with_inner(qdata=pack_codes(codes), qlayout=Packed, **grids)
+
+
+def from_packed(st: "ScaledTensor") -> "ScaledTensor":
+    """A Packed ``st`` back in the Plain layout (bit-identical to before)."""
+    from .layouts import Plain
+
+    kd = _k_dim(st)
+    n, k = (st.shape[1], st.shape[0]) if kd == 0 else (st.shape[0], st.shape[1])
+    codes = unpack_codes(st.qdata, int(n), int(k))
+    if kd == 0:
+        codes = codes.t()
+    grids = {"scale": st.scale.contiguous()}
+    if st.zero_point is not None:
+        grids["zero_point"] = st.zero_point.contiguous()
+    return st.with_inner(qdata=formats.pack_nibbles(codes).contiguous(), qlayout=Plain, **grids)
+
+
+def transpose_packed(st: "ScaledTensor") -> "ScaledTensor":
+    """``st.t()`` for a Packed 2-D tensor: metadata only (shape, block and the
+    grids' strides swap; the payload is shared). No copy, no pass over the
+    weight: this is what keeps ``F.linear`` on a Packed weight cheap."""
+    grids = {"scale": st.scale.t()}
+    if st.zero_point is not None:
+        grids["zero_point"] = st.zero_point.t()
+    return st.with_inner(shape=(st.shape[1], st.shape[0]), block=(st.block[1], st.block[0]), **grids)
+
+
+class PackedOperands(NamedTuple):
+    """What the W4A16 kernel reads: the weight as ``(N, K)`` whichever way
+    the ScaledTensor is oriented."""
+
+    qdata: torch.Tensor  # (N_pad/16, K_pad/32, 16, 16) uint8
+    scale: torch.Tensor  # (N, G), any strides
+    zero_point: Optional[torch.Tensor]  # (N, G) uint8 or None
+    global_scale: Optional[torch.Tensor]  # () fp32 or None
+    n: int
+    k: int
+    group: int
+    kind: str  # "int4_sym", "int4_asym" or "nvfp4"
+
+
+def packed_operands(st: "ScaledTensor") -> PackedOperands:
+    kd = _k_dim(st)
+    if kd == 0:  # transposed view: physical grids are the .t() of the views
+        n, k, scale = st.shape[1], st.shape[0], st.scale.t()
+        zp = st.zero_point.t() if st.zero_point is not None else None
+    else:
+        n, k, scale, zp = st.shape[0], st.shape[1], st.scale, st.zero_point
+    spec = st.spec
+    if spec.element == "e2m1":
+        kind = "nvfp4"
+    else:
+        kind = "int4_sym" if spec.scale_rule == "symmetric" else "int4_asym"
+    return PackedOperands(st.qdata, scale, zp, st.global_scale, int(n), int(k), int(st.block[kd]), kind)

@@ -1,0 +1,217 @@
+"""Worker functions for the distributed tests (run in spawned gloo processes).
+
+Each worker raises on failure; the test launching it sees the exception.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import breccia
+
+
+def init(rank: int, world: int, init_file: str) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+
+
+def mlp(d_in: int, hidden: int, d_out: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+
+def batch(step: int, rank: int, d_in: int, rows: int = 8) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(rows, d_in, generator=g)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+RECIPES = {
+    "bf16": None,
+    "fp8_tensor": breccia.Float8CurrentScaling(),
+    "fp8_row": breccia.Float8CurrentScaling(granularity="row"),
+    "fp8_block": breccia.Float8BlockScaling(),
+    "mxfp8": breccia.MXFP8BlockScaling(),
+    "nvfp4": breccia.NVFP4BlockScaling(),
+    "nvfp4_16x16": breccia.NVFP4BlockScaling(weight_block=(16, 16)),
+    "delayed": breccia.DelayedScaling(amax_history_len=4),
+    "int4_qat": breccia.INT4Scaling(group_size=32),
+}
+
+
+def _full(p):
+    full = p.full_tensor() if hasattr(p, "full_tensor") else p
+    return full._data if hasattr(full, "_data") else full
+
+
+def loss_parity(rank: int, world: int, init_file: str, names, dims, steps: int = 5, precompute: bool = False):
+    """Each of ``steps`` FSDP2 training steps equals a single-process step of
+    the same converted model on the same data (every rank's batch, grads
+    averaged by hand): losses, gradients and updated weights to 1e-5.
+
+    Every step starts both runs from the same weights: a one-ulp difference
+    between averaging orders would otherwise flip an FP8 rounding somewhere
+    and the runs would drift apart by quantization noise, not by error."""
+    from torch.distributed.fsdp import fully_shard
+
+    init(rank, world, init_file)
+    d_in, hidden, d_out = dims
+    for name in names:
+        recipe = RECIPES[name]
+        base = mlp(d_in, hidden, d_out)
+        ref = copy.deepcopy(base)
+        model = copy.deepcopy(base)
+        if recipe is not None:
+            breccia.convert(ref, recipe, mode="training")
+            breccia.convert(model, recipe, mode="training")
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+        for step in range(steps):
+            if precompute:
+                breccia.precompute_scales(model)
+            loss = model(batch(step, rank, d_in)).square().mean()
+            loss.backward()
+            ref_losses = []
+            start = copy.deepcopy(ref.state_dict())  # the histories every rank starts the step from
+            for r in range(world):
+                if isinstance(recipe, breccia.DelayedScaling):
+                    ref.load_state_dict({k: v for k, v in start.items() if "amax" in k}, strict=False)
+                rl = ref(batch(step, r, d_in)).square().mean()
+                rl.backward()  # (scaling the loss by 1/world would change what dy quantizes to)
+                ref_losses.append(rl.detach())
+            for q in ref.parameters():
+                q.grad /= world
+            if isinstance(recipe, breccia.DelayedScaling):
+                breccia.sync_amax(model)
+            assert _rel(loss, ref_losses[rank]) < 1e-5, (name, step, loss.item(), ref_losses[rank].item())
+            for (pn, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+                assert _rel(_full(p.grad), q.grad) < 1e-5, (name, step, pn, "grad", _rel(_full(p.grad), q.grad))
+            opt.step()
+            ref_opt.step()
+            opt.zero_grad()
+            ref_opt.zero_grad()
+            with torch.no_grad():
+                for (pn, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+                    full = _full(p)
+                    qd = q._data if hasattr(q, "_data") else q
+                    assert _rel(full, qd) < 1e-5, (name, step, pn, _rel(full, qd))
+                    qd.copy_(full)  # start the next step from the same weights
+            if isinstance(recipe, breccia.DelayedScaling):
+                for m, mr in zip(model.modules(), ref.modules()):
+                    if hasattr(m, "breccia_amax"):
+                        mr.breccia_amax.load_state_dict(m.breccia_amax.state_dict())
+    dist.destroy_process_group()
+
+
+def wire_bytes(rank: int, world: int, init_file: str, names, limits):
+    """Bytes handed to the all-gather for one forward, against the same model
+    unconverted in fp32 (payload + scales + biases)."""
+    from torch.distributed.fsdp import fully_shard
+
+    init(rank, world, init_file)
+    counted, depth = [], [0]
+    reals = {name: getattr(dist, name) for name in ("all_gather_single", "all_gather_into_tensor") if hasattr(dist, name)}
+
+    def counting(real):
+        def fn(output, input, *args, **kwargs):
+            if depth[0] == 0:  # one collective may be built on the other: count the outermost
+                counted.append(input.numel() * input.element_size())
+            depth[0] += 1
+            try:
+                return real(output, input, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        return fn
+
+    for name, real in reals.items():
+        setattr(dist, name, counting(real))
+    try:
+        results = {}
+        for name in ["fp32"] + list(names):
+            model = mlp(512, 1024, 512)
+            if name != "fp32":
+                breccia.convert(model, RECIPES[name], mode="training")
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            fully_shard(model)
+            counted.clear()
+            with torch.no_grad():
+                model(batch(0, rank, 512))
+            results[name] = sum(counted)
+        for name in names:
+            ratio = results[name] / results["fp32"]
+            assert ratio <= limits[name], (name, ratio)
+    finally:
+        for name, real in reals.items():
+            setattr(dist, name, real)
+    dist.destroy_process_group()
+    return None
+
+
+def uneven_shapes(rank: int, world: int, init_file: str, names, out_features):
+    """Uneven shards, dim 0 smaller than the world size, empty local shards:
+    the gathered weight equals the single-process quantization bit for bit,
+    and a training step runs."""
+    from torch.distributed.fsdp import fully_shard
+
+    init(rank, world, init_file)
+    for name in names:
+        recipe = RECIPES[name]
+        for n in out_features:
+            torch.manual_seed(n)
+            lin = nn.Linear(64, n)
+            expect = breccia.dequantize(breccia.cast(lin.weight.detach(), recipe, "weight"), torch.float32)
+            model = nn.Sequential(lin)
+            breccia.convert(model, recipe, mode="training")
+            fully_shard(model)
+            seen = {}
+
+            def grab(mod, args, out):
+                w = mod.weight
+                seen["w"] = breccia.dequantize(w, torch.float32) if isinstance(w, breccia.ScaledTensor) else None
+
+            h = model[0].register_forward_hook(grab)
+            x = batch(0, rank, 64, rows=4)
+            y = model(x)
+            y.square().mean().backward()
+            h.remove()
+            assert seen["w"] is not None, (name, n, "weight was not gathered quantized")
+            assert torch.equal(seen["w"], expect), (name, n, _rel(seen["w"], expect))
+            assert model[0].weight.grad is not None
+    dist.destroy_process_group()
+
+
+def inference_sharding(rank: int, world: int, init_file: str, names):
+    """A model converted for inference can be wrapped with fully_shard and run."""
+    from torch.distributed.fsdp import fully_shard
+
+    init(rank, world, init_file)
+    for name in names:
+        recipe = RECIPES[name]
+        ref = mlp(64, 96, 32)
+        breccia.convert(ref, recipe, mode="inference")
+        model = copy.deepcopy(ref)
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        x = batch(0, rank, 64)
+        with torch.no_grad():
+            assert torch.equal(model(x), ref(x)), name
+    dist.destroy_process_group()

@@ -1,0 +1,54 @@
+"""FSDP2 on the CPU (gloo, 2 and 3 processes): loss parity, wire bytes,
+uneven shards, inference sharding. Each test stops by itself."""
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import dist_workers as W
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+
+def run(fn, world, *args, timeout=300):
+    with tempfile.TemporaryDirectory() as d:
+        ctx = mp.start_processes(fn, args=(world, os.path.join(d, "init"), *args), nprocs=world, join=False, start_method="spawn")
+        import time
+
+        deadline = time.time() + timeout
+        while not ctx.join(timeout=5):
+            if time.time() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"{fn.__name__} did not finish in {timeout} s")
+
+
+ALL = ["fp8_tensor", "fp8_row", "fp8_block", "mxfp8", "nvfp4", "nvfp4_16x16", "int4_qat"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_loss_parity(world):
+    # 224 rows: a 2- or 3-way shard boundary cuts the 128x128 and 16x16 blocks
+    run(W.loss_parity, world, ["bf16"] + ALL, (64, 224, 48))
+
+
+def test_loss_parity_precomputed_scales_and_delayed():
+    run(W.loss_parity, 2, ["fp8_tensor", "delayed"], (64, 96, 32), 5, True)
+
+
+def test_wire_bytes():
+    limits = {"fp8_tensor": 0.27, "fp8_row": 0.27, "fp8_block": 0.27, "mxfp8": 0.27, "nvfp4": 0.15}
+    run(W.wire_bytes, 2, list(limits), limits)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_uneven_shapes(world):
+    run(W.uneven_shapes, world, ["fp8_tensor", "fp8_row", "fp8_block", "mxfp8", "nvfp4", "int4_qat"], [3, 130, 1000])
+
+
+def test_inference_sharding():
+    run(W.inference_sharding, 2, ["fp8_row", "mxfp8", "nvfp4"])

@@ -1,0 +1,323 @@
+"""Triton quantize kernels against the reference quantizer, byte for byte.
+
+They run on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``) at
+small, ragged shapes. The interpreter's own fp8 and bf16 conversions truncate,
+so on the CPU the kernels round to fp8 in integer arithmetic (the first tests
+prove that arithmetic exhaustively against torch's casts); the GPU check
+(``benchmarks/gpu_check_quantize.py``) proves it equal to the hardware cast.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
+
+import math  # noqa: E402
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import breccia  # noqa: E402
+from breccia.quantize import _round_up_to, block_for, quantize_reference, scale_grid_shape  # noqa: E402
+
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+
+from breccia.kernels.triton import cuda_quantize  # noqa: E402
+from breccia.kernels.triton import quantize as tq  # noqa: E402
+from breccia.kernels.triton.quant_math import fp8_bits, round_up_scale  # noqa: E402
+
+warnings.filterwarnings("ignore", category=RuntimeWarning)  # numpy on NaN/inf inside the interpreter
+
+#: one spec per distinct numerics path (label -> (recipe, role))
+SPECS = {
+    "tensor_e4m3": (breccia.Float8CurrentScaling(), "input"),
+    "tensor_e5m2": (breccia.Float8CurrentScaling(fp8_format="hybrid"), "grad_output"),
+    "tensor_pow2": (breccia.Float8CurrentScaling(power_of_2_scale=True), "input"),
+    "delayed_margin": (breccia.DelayedScaling(margin=2), "grad_output"),
+    "row": (breccia.Float8CurrentScaling(granularity="row"), "input"),
+    "row_pow2_e5m2": (breccia.Float8CurrentScaling(granularity="row", power_of_2_scale=True, fp8_format="e5m2"),
+                      "input"),
+    "1x128": (breccia.Float8BlockScaling(), "input"),
+    "1x128_pow2": (breccia.Float8BlockScaling(power_of_2_scale=True), "input"),
+    "1x128_e5m2": (breccia.Float8BlockScaling(fp8_format="hybrid"), "grad_output"),
+    "128x128": (breccia.Float8BlockScaling(), "weight"),
+    "128x128_pow2": (breccia.Float8BlockScaling(power_of_2_scale=True), "weight"),
+    "mx_floor": (breccia.MXFP8BlockScaling(), "input"),
+    "mx_rceil": (breccia.MXFP8BlockScaling(scale_rule="rceil"), "input"),
+    "mx_e5m2": (breccia.MXFP8BlockScaling(fp8_format="e5m2"), "input"),
+    "mx_rceil_e5m2": (breccia.MXFP8BlockScaling(scale_rule="rceil", fp8_format="e5m2"), "input"),
+    "nvfp4": (breccia.NVFP4BlockScaling(), "input"),
+    "nvfp4_16x16": (breccia.NVFP4BlockScaling(weight_block=(16, 16)), "weight"),
+    "int4_sym": (breccia.INT4Scaling(), "weight"),
+    "int4_asym": (breccia.INT4Scaling(symmetric=False, group_size=32), "weight"),
+    "int4_fp16": (breccia.INT4Scaling(scale_dtype="fp16", group_size=64), "weight"),
+    "int4_asym_fp16": (breccia.INT4Scaling(symmetric=False, scale_dtype="fp16", group_size=16), "weight"),
+}
+
+
+def spec_of(label):
+    recipe, role = SPECS[label]
+    return recipe.spec(role)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def as_bytes(t):
+    return t.reshape(-1).contiguous().view(torch.uint8)
+
+
+def assert_bit_exact(got, ref, *, nan_aware=False):
+    """Payload, scale, global scale and zero point identical byte for byte.
+    ``nan_aware``: scales need only be NaN where the reference's are, and the
+    payload / zero point of NaN blocks are not compared (unspecified bits)."""
+    for name, a, b in zip(("qdata", "scale", "global_scale", "zero_point"), got, ref):
+        assert (a is None) == (b is None), name
+        if a is None:
+            continue
+        assert a.shape == b.shape and a.dtype == b.dtype, (name, a.shape, a.dtype, b.shape, b.dtype)
+        if nan_aware and name in ("scale", "global_scale"):
+            na, nb = torch.isnan(a.float()), torch.isnan(b.float())
+            assert torch.equal(na, nb), name
+            assert torch.equal(as_bytes(a[~na]), as_bytes(b[~nb])), name
+            continue
+        if nan_aware:
+            continue
+        diff = (as_bytes(a) != as_bytes(b)).nonzero().flatten()
+        assert diff.numel() == 0, f"{name}: {diff.numel()} bytes differ, first at {diff[:5].tolist()}"
+
+
+def check(x, label, **kw):
+    spec = spec_of(label)
+    assert tq.supports(x, spec, kw.get("amax"), kw.get("noise"), kw.get("block_amax"))
+    assert_bit_exact(tq.quantize(x, spec, **kw), quantize_reference(x, spec, **kw))
+
+
+# --------------------------------------------------------------------------- the integer arithmetic
+
+
+@triton.jit
+def _fp8_kernel(x_ptr, o_ptr, N, E4M3: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    tl.store(o_ptr + offs, fp8_bits(tl.load(x_ptr + offs, mask=m, other=0.0), E4M3, False), mask=m)
+
+
+@triton.jit
+def _round_up_kernel(x_ptr, v_ptr, h_ptr, N, FP16: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    v, h = round_up_scale(tl.load(x_ptr + offs, mask=m, other=1.0), FP16)
+    tl.store(v_ptr + offs, v, mask=m)
+    tl.store(h_ptr + offs, h, mask=m)
+
+
+def _fp8_probe_values(dtype):
+    """Every fp8 value, the midpoints between neighbours (ties) and one fp32
+    ulp either side, values past the max, random fp32 bit patterns."""
+    vals = torch.arange(256, dtype=torch.uint8).view(dtype).float()
+    vals = vals[torch.isfinite(vals)].unique()
+    mids = (vals[1:] + vals[:-1]) / 2
+    near = torch.cat([mids, torch.nextafter(mids, mids + 1), torch.nextafter(mids, mids - 1)])
+    rand = torch.randint(-(2**31), 2**31 - 1, (60000,), generator=gen(0), dtype=torch.int64).to(torch.int32)
+    fmax = torch.finfo(dtype).max
+    special = torch.tensor([0.0, -0.0, fmax * 1.01, fmax * 2, 1e30, math.inf, 2**-149, 2**-126, 2**-130, 1e-45])
+    x = torch.cat([vals, near, rand.view(torch.float32), special])
+    return torch.cat([x, -x])
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+def test_fp8_rounding_matches_torch_cast(dtype):
+    x = _fp8_probe_values(dtype)
+    x = x[~torch.isnan(x)]
+    out = torch.empty(x.numel(), dtype=torch.uint8)
+    _fp8_kernel[(1,)](x, out, x.numel(), E4M3=dtype == torch.float8_e4m3fn, BLOCK=triton.next_power_of_2(x.numel()))
+    fmax = torch.finfo(dtype).max
+    ref = torch.clamp(x, -fmax, fmax).to(dtype).view(torch.uint8)
+    bad = (out != ref).nonzero().flatten()
+    assert bad.numel() == 0, (x[bad[:5]].tolist(), out[bad[:5]].tolist(), ref[bad[:5]].tolist())
+
+
+@pytest.mark.parametrize("sdtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_scale_round_up_matches_reference(sdtype):
+    fi = torch.finfo(sdtype)
+    e = torch.rand(50000, generator=gen(1)) * (math.log2(fi.max) - math.log2(fi.tiny)) + math.log2(fi.tiny)
+    s = torch.clamp(torch.exp2(e), fi.tiny, fi.max)
+    exact = torch.arange(1, 2000, dtype=torch.int16).view(sdtype).float()  # already representable
+    s = torch.cat([s, exact[(exact >= fi.tiny) & (exact <= fi.max)], torch.tensor([fi.tiny, fi.max])])
+    s = torch.cat([s, torch.tensor([0x7FC00000, 0x7FFFFFFF, -0x400000], dtype=torch.int32).view(torch.float32)])
+    v = torch.empty_like(s)
+    h = torch.empty(s.numel(), dtype=torch.int16)
+    _round_up_kernel[(1,)](s, v, h, s.numel(), FP16=sdtype == torch.float16, BLOCK=triton.next_power_of_2(s.numel()))
+    nan = torch.isnan(s)  # any NaN pattern (the GPU's is 0x7FFFFFFF) stays NaN
+    assert torch.isnan(v[nan]).all() and torch.isnan(h[nan].view(sdtype).float()).all()
+    ref = _round_up_to(s[~nan], sdtype)
+    assert torch.equal(h[~nan], ref.view(torch.int16))
+    assert torch.equal(v[~nan], ref.float())
+
+
+# --------------------------------------------------------------------------- every recipe
+
+
+SHAPES = {
+    "37x300_fp32": ((37, 300), torch.float32),
+    "5x7x130_bf16": ((5, 7, 130), torch.bfloat16),
+    "301_fp16": ((301,), torch.float16),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES), ids=sorted(SHAPES))
+@pytest.mark.parametrize("label", sorted(SPECS), ids=sorted(SPECS))
+def test_every_recipe_bit_exact(label, shape):
+    dims, dtype = SHAPES[shape]
+    x = (torch.randn(*dims, generator=gen(2)) * 3).to(dtype)
+    check(x, label)
+
+
+@pytest.mark.parametrize("label", ["tensor_e4m3", "row", "1x128", "128x128", "mx_floor", "nvfp4", "nvfp4_16x16",
+                                   "int4_asym"])
+def test_many_tiles(label):
+    """Small tiles: several programs along both dims, partial tiles at the edges."""
+    x = torch.randn(150, 333, generator=gen(3))
+    spec = spec_of(label)
+    g = tq._geometry((150, 333), spec)
+    cfg = tq.Config(1, 256, 4) if g.kind == "tensor" else tq.Config(4, max(2 * (g.bk if g.kind == "blocks" else 0), 64), 4)
+    assert_bit_exact(tq.quantize(x, spec, config=cfg), quantize_reference(x, spec))
+
+
+def _edge(m, k):
+    x = torch.randn(m, k, generator=gen(4))
+    r = torch.arange(m)
+    x[r % 9 == 0] = 0.0  # zero blocks
+    x[r % 9 == 1] *= 1e-40  # subnormal blocks: e8m0 byte 0 (2**-127)
+    x[r % 9 == 2] *= 1e-30
+    x[r % 9 == 3] *= 3e37  # near the top of fp32
+    x[r % 9 == 4] = torch.exp2(torch.randint(-30, 30, (k,), generator=gen(5)).float())
+    x[r % 9 == 5] = 448.0 * (1 + torch.randint(-3, 4, (k,), generator=gen(6)).float() / 32)
+    x[r % 9 == 6] = -0.0
+    x[r % 9 == 7, ::5] = 1.401298464324817e-45
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("label", sorted(SPECS), ids=sorted(SPECS))
+def test_edge_values(label, dtype):
+    check(_edge(40, 272).to(dtype), label)
+
+
+@pytest.mark.parametrize("scale", [1e-39, 1e-43, 3e38], ids=["tiny", "subnormal", "huge"])
+@pytest.mark.parametrize("label", ["tensor_e4m3", "tensor_pow2", "row", "1x128_pow2", "mx_floor", "mx_rceil",
+                                   "nvfp4", "int4_sym", "int4_asym"])
+def test_whole_tensor_extremes(label, scale):
+    """NVFP4 global scale at its floor (then 1/global / block can be inf), pow2
+    scales of subnormal amaxes, fp32 overflow of INT4 spans."""
+    check(torch.randn(24, 160, generator=gen(7)) * scale, label)
+
+
+@pytest.mark.parametrize("label", sorted(SPECS), ids=sorted(SPECS))
+def test_zeros(label):
+    check(torch.zeros(9, 130), label)
+
+
+@pytest.mark.parametrize("label", sorted(SPECS), ids=sorted(SPECS))
+def test_nan_and_inf(label):
+    x = torch.randn(24, 256, generator=gen(8))
+    x[1, 5] = math.nan
+    x[2, 100] = math.inf
+    x[3, 7] = -math.inf
+    x[4, 0], x[4, 1] = math.nan, math.inf
+    spec = spec_of(label)
+    assert_bit_exact(tq.quantize(x, spec), quantize_reference(x, spec), nan_aware=True)
+
+
+# --------------------------------------------------------------------------- given amaxes, noise
+
+
+@pytest.mark.parametrize("label", ["tensor_e4m3", "delayed_margin", "tensor_pow2", "row", "1x128", "nvfp4",
+                                   "nvfp4_16x16"])
+@pytest.mark.parametrize("amax", [0.0, 0.37, 1e30], ids=["zero", "small", "huge"])
+def test_given_amax(label, amax):
+    check(torch.randn(33, 200, generator=gen(9)), label, amax=torch.tensor(amax))
+
+
+@pytest.mark.parametrize("label", ["tensor_e4m3", "row", "1x128", "128x128", "mx_floor", "mx_rceil", "nvfp4",
+                                   "nvfp4_16x16", "int4_sym", "int4_asym"])
+def test_block_amax(label):
+    x = torch.randn(33, 200, generator=gen(10))
+    spec = spec_of(label)
+    grid = scale_grid_shape(x.shape, block_for(spec.block, 2))
+    ba = torch.rand(grid, generator=gen(11)) * 3
+    ba.view(-1)[0] = 0.0
+    check(x, label, block_amax=ba)
+    if spec.scale_format == "fp32":
+        check(x, label, block_amax=ba, amax=torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("label", ["nvfp4", "nvfp4_16x16", "int4_sym", "int4_asym", "int4_fp16"])
+def test_stochastic_rounding(label):
+    x = torch.randn(20, 180, generator=gen(12))
+    check(x, label, noise=torch.rand(x.shape, generator=gen(13)))
+
+
+def test_long_rows_loop(monkeypatch):
+    """Rows longer than one register tile: the amax loop, then the cast loop."""
+    monkeypatch.setattr(tq, "ROW_TILE_MAX", 64)
+    x = torch.randn(9, 300, generator=gen(14)).bfloat16()
+    for label in ("row", "row_pow2_e5m2"):
+        check(x, label)
+        check(x, label, amax=torch.tensor(1.5))
+        check(x, label, block_amax=torch.rand(9, 1, generator=gen(15)))
+
+
+# --------------------------------------------------------------------------- fused transpose
+
+
+@pytest.mark.parametrize("recipe,role", [
+    (breccia.Float8BlockScaling(), "input"),
+    (breccia.Float8BlockScaling(power_of_2_scale=True, fp8_format="hybrid"), "grad_output"),
+    (breccia.MXFP8BlockScaling(), "input"),
+    (breccia.MXFP8BlockScaling(scale_rule="rceil", fp8_format="e5m2"), "input"),
+], ids=["1x128", "1x128_pow2_e5m2", "mx_floor", "mx_rceil_e5m2"])
+@pytest.mark.parametrize("impl", [2, 3], ids=["2d_tile", "3d_tile"])
+def test_rowwise_and_columnwise(recipe, role, impl):
+    spec = recipe.spec(role)
+    x = _edge(150, 200).bfloat16()
+    rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, config=tq.Config(impl, 128, 4))
+    assert_bit_exact(rows, quantize_reference(x, spec))
+    assert cols.qdata.shape == (200, 150)
+    assert_bit_exact(cols, quantize_reference(x.t(), spec))
+
+
+def test_rowwise_and_columnwise_rejects_other_specs():
+    with pytest.raises(ValueError, match="quantize_rowwise_and_columnwise"):
+        tq.quantize_rowwise_and_columnwise(torch.randn(4, 32), spec_of("nvfp4"))
+
+
+# --------------------------------------------------------------------------- ops and routing
+
+
+def test_triton_op_matches_reference():
+    x = torch.randn(40, 300, generator=gen(16))
+    for label in ("tensor_e4m3", "nvfp4", "int4_asym"):
+        spec = spec_of(label)
+        out = torch.ops.breccia.triton_quantize(x, spec.to_key(), None, None, None)
+        ref = quantize_reference(x, spec)
+        assert_bit_exact(
+            (out[0], out[1], out[2] if spec.has_global_scale else None, out[3] if spec.has_zero_point else None), ref
+        )
+    spec = spec_of("1x128")
+    q, s, qt, st = torch.ops.breccia.triton_quantize_rowcol(x, spec.to_key())
+    assert_bit_exact((qt, st, None, None), quantize_reference(x.t(), spec))
+
+
+def test_supports():
+    x = torch.randn(8, 64)
+    assert tq.supports(x, spec_of("1x128"))
+    odd = breccia.Float8BlockScaling(input_block=(1, 100)).spec("input")
+    assert not tq.supports(x, odd)  # not a power of two: the reference runs
+    assert not tq.supports(torch.empty(0, 64), spec_of("1x128"))
+    assert not tq.supports(x.to(torch.int32), spec_of("1x128"))
+    assert not tq.supports(x, spec_of("tensor_e4m3"), amax=torch.ones(2))
+    assert cuda_quantize(x, spec_of("1x128")) is None  # CPU tensors stay on the reference route
