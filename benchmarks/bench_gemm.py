@@ -187,7 +187,7 @@ def sweep() -> str:
     from breccia.kernels.triton import gemm_blockwise, gemm_mx
 
     lines = ["| kernel | shape | config | ms | TFLOP/s |", "|---|---|---|---|---|"]
-    for m, n, k in [(8192, 8192, 8192), (4096, 4096, 4096), (1, 8192, 8192), (16, 8192, 8192), (128, 8192, 8192)]:
+    for m, n, k in [(8192, 8192, 8192), (4096, 4096, 4096)] + DECODE:
         g = torch.Generator(device="cuda").manual_seed(0)
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -199,10 +199,13 @@ def sweep() -> str:
             b = breccia.cast(w, recipe, "weight").t()
             for c in mod._candidates(m, n, k, True):
                 try:
-                    ms = time_ms(lambda: fn(a.qdata, a.scale, b.qdata, b.scale, torch.bfloat16, config=c), m < 4096)
-                    lines.append(f"| {name} | {m}x{n}x{k} | {c!r} | {ms:.4f} | {2 * m * n * k / ms / 1e9:.0f} |")
+                    args = (a.qdata, a.scale, b.qdata, b.scale, torch.bfloat16)
+                    ms = time_ms(lambda: fn(*args, config=c), m < 4096)
+                    tflops = 2 * m * n * k / ms / 1e9
+                    lines.append(f"| {name} | {m}x{n}x{k} | {c!r} | {ms:.4f} | {tflops:.0f} |")
                 except Exception as e:  # noqa: BLE001
-                    lines.append(f"| {name} | {m}x{n}x{k} | {c!r} | failed: {str(e).splitlines()[0][:80]} | |")
+                    why = str(e).splitlines()[0][:80]
+                    lines.append(f"| {name} | {m}x{n}x{k} | {c!r} | failed: {why} | |")
                 print(lines[-1], flush=True)
     return "\n".join(lines)
 
@@ -228,7 +231,8 @@ def _fmt(v) -> str:
 
 
 def markdown(rows: list[dict], head: str) -> str:
-    cols = ["shape", "what", "route", "ms", "tflops", "vs_raw", "vs_bf16", "ms_graph", "vs_raw_graph", "error"]
+    cols = ["shape", "what", "route", "ms", "tflops", "vs_raw", "vs_bf16", "ms_graph", "vs_raw_graph"]
+    cols.append("error")
     cols = [c for c in cols if any(c in r for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -250,12 +254,14 @@ def plot(rows: list[dict], path: str) -> None:
     whats = [w for w in dict.fromkeys(r["what"] for r in rows)]
     fig, ax = plt.subplots(figsize=(max(10, 1.6 * len(shapes)), 5.5))
     width = 0.8 / len(whats)
+    colors = plt.get_cmap("tab20").colors
     for i, what in enumerate(whats):
         vals = []
         for s in shapes:
             r = next((r for r in rows if r["shape"] == s and r["what"] == what and "tflops" in r), None)
             vals.append(r["tflops"] if r else 0.0)
-        ax.bar([j + i * width for j in range(len(shapes))], vals, width, label=what)
+        xs = [j + i * width for j in range(len(shapes))]
+        ax.bar(xs, vals, width, label=what, color=colors[i % len(colors)])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
     ax.set_xticklabels(shapes, rotation=15, fontsize=8)
     ax.set_ylabel("TFLOP/s")

@@ -72,7 +72,9 @@ class _ScaledLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, recipe, hist_x, hist_w, hist_g):
         x2 = x.reshape(-1, x.shape[-1])
         delayed = hist_x is not None
-        xq = cast(x2, recipe, "input", amax_history=hist_x)
+        # a tensor-parallel input arrives quantized (all-gathered as payload + scales)
+        x_given = isinstance(x2, ScaledTensor)
+        xq = x2 if x_given else cast(x2, recipe, "input", amax_history=hist_x)
         # under FSDP2 the weight arrives already quantized (the all-gather
         # moved payload and scales: breccia.distributed.fsdp)
         gathered = isinstance(weight, ScaledTensor)
@@ -82,13 +84,16 @@ class _ScaledLinear(torch.autograd.Function):
         y = torch.addmm(bias, xq, wq.t()) if bias is not None else torch.mm(xq, wq.t())
         # grad-weight reduces over tokens: keep x quantized along M (a low
         # precision copy; the tensorwise cast already serves both directions)
-        x_wgrad = xq if _tensorwise(recipe, "input") else cast(x2.t(), recipe, "input").t()
+        if _tensorwise(recipe, "input"):
+            x_wgrad = xq
+        else:
+            x_wgrad = cast((dequantize(x2) if x_given else x2).t(), recipe, "input").t()
         # grad-input reduces over N: tensorwise and square blocks serve both
         # directions; otherwise backward requantizes wq along N. (Always from
         # wq, never from the high-precision weight: under FSDP2 only wq exists,
         # and sharded and single-device training must compute the same thing.)
         w_dgrad_ready = _tensorwise(recipe, "weight") or _square_block(recipe, "weight")
-        if delayed:
+        if delayed and not x_given:
             _push_amax(hist_x, x2)
             if not gathered:  # (FSDP2 pushed each rank's amax before the all-gather)
                 _push_amax(hist_w, weight)

@@ -52,3 +52,12 @@ def test_uneven_shapes(world):
 
 def test_inference_sharding():
     run(W.inference_sharding, 2, ["fp8_row", "mxfp8", "nvfp4"])
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True])
+def test_tensor_parallel(sequence_parallel):
+    run(W.tensor_parallel, 2, ["fp8_row", "fp8_block", "mxfp8"], sequence_parallel)
+
+
+def test_two_d_mesh_tp_inside_fsdp_across():
+    run(W.two_d, 4, "fp8_row", timeout=400)

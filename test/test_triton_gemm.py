@@ -109,7 +109,8 @@ def test_mx_scale_extremes_are_exact(variant):
     eb = torch.full((2, n), 254, dtype=torch.uint8)
     ea[3, 1] = 255
     cfg = gemm_mx.Config(16, 16, 64, 4, 2, variant)
-    out = mx_mm(qa, ea.view(torch.float8_e8m0fnu), qb, eb.view(torch.float8_e8m0fnu), torch.float32, config=cfg)
+    e8 = torch.float8_e8m0fnu
+    out = mx_mm(qa, ea.view(e8), qb, eb.view(e8), torch.float32, config=cfg)
     assert torch.isnan(out[3]).all()
     keep = torch.arange(m) != 3
     torch.testing.assert_close(out[keep], torch.full((m - 1, n), 64.0), rtol=0, atol=0)
@@ -163,7 +164,7 @@ PAIRS = {
 
 EXPECTED = {
     # capability: route per pair (tensorwise stays on the existing route)
-    None: dict.fromkeys(["block", "block_ragged_k", "block_ragged_n", "block_m3", "mx", "mx_ragged_k"], "reference"),
+    None: {name: "reference" for name in PAIRS if name != "tensorwise"},
     (8, 9): {
         "block": "fp8_blockwise_triton",
         "block_ragged_k": "fp8_blockwise_triton",
@@ -176,7 +177,7 @@ EXPECTED = {
         "block": "fp8_blockwise_scaled_mm",
         "block_ragged_k": "fp8_blockwise_triton",
         "block_ragged_n": "fp8_blockwise_triton",
-        "block_m3": "fp8_blockwise_scaled_mm",
+        "block_m3": "fp8_blockwise_triton",  # decode: Triton beat cuBLAS + padding on an H100
         "mx": "mxfp8_triton",
         "mx_ragged_k": "mxfp8_triton",
     },
@@ -209,7 +210,7 @@ def test_e5m2_pair_skips_cublas(gpu):
     assert route_for(a, b).name == "fp8_blockwise_triton"
 
 
-def test_swizzled_mx_weight_skips_triton(gpu):
+def test_swizzled_mx_activation_skips_triton_on_sm90(gpu):
     """The Triton MX GEMM reads Plain grids; a Swizzled activation goes to
     the reference on sm90 rather than being unswizzled behind the user's back."""
     gpu((9, 0))
@@ -262,7 +263,7 @@ def _emulate_blockwise(qa, qb, sa, sb, bias=None, out_dtype=None, **_):
     return (out if bias is None else out + bias.float()).to(out_dtype)
 
 
-@pytest.mark.parametrize("m", [1, 3, 4, 64])
+@pytest.mark.parametrize("m", [1, 3, 4, 21, 64])
 @pytest.mark.parametrize("k", [512, 1536])
 def test_cublas_blockwise_route_layout(m, k, gpu, monkeypatch):
     """The router relayouts and pads for cuBLAS: M padded to 4 (zero rows),
@@ -271,8 +272,9 @@ def test_cublas_blockwise_route_layout(m, k, gpu, monkeypatch):
     gpu((9, 0))
     monkeypatch.setattr(torch, "_scaled_mm", _emulate_blockwise)
     a, b = operands(BLOCK, m, 256, k)
-    assert route_for(a, b).name == "fp8_blockwise_scaled_mm"
-    out = route_for(a, b).run(a, b, None, torch.bfloat16)
+    want = "fp8_blockwise_scaled_mm" if m >= cuda_routes.CUBLAS_BLOCKWISE_MIN_M else "fp8_blockwise_triton"
+    assert route_for(a, b).name == want
+    out = cuda_routes.run_blockwise_cublas(a, b, None, torch.bfloat16)  # small M too: the padding
     assert out.shape == (m, 256)
     assert rel_err(out, deq(a) @ deq(b)) < 1e-2
 
@@ -305,7 +307,7 @@ def test_cublas_blockwise_bias(out_dtype, gpu, monkeypatch):
         return _emulate_blockwise(*args, bias=bias, **kw)
 
     monkeypatch.setattr(torch, "_scaled_mm", emulate)
-    a, b = operands(BLOCK, 8, 128, 512)
+    a, b = operands(BLOCK, 24, 128, 512)
     bias = randn(128, seed=9).to(out_dtype)
     out = route_for(a, b).run(a, b, bias, out_dtype)
     assert (seen[0] is None) == (out_dtype == torch.float32)

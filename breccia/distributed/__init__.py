@@ -3,10 +3,13 @@
 - :mod:`.weight` -- ``TrainingWeight``, the high-precision weight of a layer
   converted for training, carrying its recipe;
 - :mod:`.fsdp` -- FSDP2 all-gather hooks that move payload plus scales, for
-  every recipe, and ``precompute_scales``.
+  every recipe, and ``precompute_scales``;
+- :mod:`.tensor_parallel` -- ``ColwiseParallel`` / ``RowwiseParallel`` for
+  converted layers, with low-precision sequence-parallel all-gathers.
 """
 
 from .fsdp import precompute_scales
+from .tensor_parallel import ColwiseParallel, RowwiseParallel, all_gather_quantized
 from .weight import TrainingWeight
 
-__all__ = ["TrainingWeight", "precompute_scales"]
+__all__ = ["TrainingWeight", "precompute_scales", "ColwiseParallel", "RowwiseParallel", "all_gather_quantized"]

@@ -7,10 +7,10 @@ from this table:
 | operands                              | route                                               |
 | ------------------------------------- | --------------------------------------------------- |
 | FP8 x FP8, tensorwise or rowwise      | ``torch._scaled_mm`` (CPU and CUDA sm89+)           |
-| FP8 1x128 x 128x128 (block scaling)   | ``torch._scaled_mm`` blockwise (sm90, K%512, N%128) |
+| FP8 1x128 x 128x128 (block scaling)   | ``_scaled_mm`` blockwise, sm90, K%512, N%128, M>16  |
 | FP8 1x128 x 128x128, anything else    | Triton block-scaled GEMM (CUDA sm89+)               |
 | MXFP8 x MXFP8                         | ``torch._scaled_mm``, Swizzled scales (sm100+)      |
-| MXFP8 x MXFP8, sm89/sm90              | Triton GEMM folding e8m0 scales per 32 of K         |
+| MXFP8 x MXFP8, sm89/sm90              | Triton MXFP8 GEMM (FP8 dots + fold, or bf16 dots)   |
 | bf16/fp16 x INT4, or x NVFP4 Packed   | Triton W4A16, dequant in registers, split-K (sm80+) |
 | NVFP4 x NVFP4 (1x16)                  | ``torch._scaled_mm`` fp4, Swizzled scales (sm100+)  |
 | everything else (blocks, MX, 4-bit)   | reference: dequantize to fp32, ``torch.mm``         |

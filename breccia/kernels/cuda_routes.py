@@ -7,10 +7,10 @@ ScaledTensors; :mod:`breccia.kernels` lists them in its ROUTES table.
 
 | operands | route | where |
 | --- | --- | --- |
-| FP8 1x128 x 128x128 (Float8BlockScaling) | ``torch._scaled_mm`` blockwise (cuBLAS) | sm90, K a multiple of 512, N of 128 |
+| FP8 1x128 x 128x128 | ``torch._scaled_mm`` blockwise (cuBLAS) | sm90, K % 512 == 0, N % 128 == 0, M > 16 |
 | same | Triton block-scaled GEMM (:mod:`.triton.gemm_blockwise`) | sm89+, any shape |
 | MXFP8 (e8m0, 1x32) | ``torch._scaled_mm`` with Swizzled scales | sm100+, K multiple of 32, N of 16 |
-| same | Triton GEMM folding e8m0 scales per 32 of K (:mod:`.triton.gemm_mx`) | sm89+, any shape |
+| same | Triton MXFP8 GEMM: FP8 dots + scale fold, or bf16 dots (:mod:`.triton.gemm_mx`) | sm89+, any shape |
 
 Runners relayout and pad with plain torch ops on the device (no ``.item()``,
 no host sync), so they are CUDA-graph safe; operands already in the layout a
@@ -50,9 +50,11 @@ _FP8 = ("e4m3", "e5m2")
 _BLOCK = 128
 _MX = 32
 
-#: the fewest rows that take cuBLAS blockwise: below, the Triton kernel (no
-#: padding, no relayout) is as fast (benchmarks/results/gemm-h100.md)
-CUBLAS_BLOCKWISE_MIN_M = 1
+#: the fewest rows that take cuBLAS blockwise. Below, the Triton kernel (no
+#: row padding, no scale relayout) was faster on an H100 (N = K = 8192, CUDA
+#: graphs: M = 1 43.3 vs 44.3 us, M = 16 40.2 vs 42.3 us; at M = 128 cuBLAS
+#: won, 43.2 vs 45.6 us; benchmarks/results/gemm-h100.md)
+CUBLAS_BLOCKWISE_MIN_M = 17
 
 
 def capability(device: torch.device) -> Optional[tuple[int, int]]:
@@ -114,8 +116,8 @@ def blockwise_cublas_applies(a: ScaledTensor, b: ScaledTensor) -> bool:
     """cuBLAS blockwise (torch ``_scaled_mm``) is Hopper-only. N must be whole
     128 blocks and K whole 512s: torch 2.11 checks the weight scale's leading
     dimension to be exactly K/128, while cuBLAS reads it as roundup(K/128, 4)
-    (wrong results otherwise, benchmarks/results/gemm-gpu-check.md). Any M:
-    the runner pads rows to a multiple of 4."""
+    (wrong results otherwise, benchmarks/results/gemm-gpu-check-h100.md). M
+    from CUBLAS_BLOCKWISE_MIN_M up: the runner pads rows to a multiple of 4."""
     cap = capability(a.device)
     if cap is None or cap[0] != 9 or not _blockwise_pair(a, b) or _both_e5m2(a, b):
         return False
@@ -148,7 +150,9 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, z])
 
 
-def cublas_blockwise_scales(a_scale: torch.Tensor, b_scale: torch.Tensor, m_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cublas_blockwise_scales(
+    a_scale: torch.Tensor, b_scale: torch.Tensor, m_pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The scales ``torch._scaled_mm`` takes for 1x128 x 128x128 on sm90.
 
     ``a_scale`` (M, K/128) -> (m_pad, K/128) with strides (1, m_pad):

@@ -17,8 +17,10 @@ sm89+. Two ways to load tiles:
   rows; out-of-bounds reads are zeros. Variant 2 also asks Triton to
   warp-specialize the loop (loads in their own warps).
 
-Decode shapes (small M) also try split-K: K is cut over several programs per
-tile, whose fp32 partial tiles are summed after (more loads in flight).
+The pointer kernel can also split K over several programs per tile (fp32
+partial tiles summed after; ``Config.split_k``): the MX kernel's decode
+configs use it; for this kernel it measured slower and no default config
+asks for it.
 
 The launcher picks a config from a small fixed list per shape bucket by timing
 them once (:class:`Tuner`); ``gemm_mx`` shares the tuner and the helpers.
@@ -33,7 +35,16 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["blockwise_mm", "Tuner", "Config", "interpreting", "tma_ok", "descriptor", "split_k_output", "reduce_split_k"]
+__all__ = [
+    "blockwise_mm",
+    "Tuner",
+    "Config",
+    "interpreting",
+    "tma_ok",
+    "descriptor",
+    "split_k_output",
+    "reduce_split_k",
+]
 
 #: elements per scale along K for the activation, and along K and N for the weight
 SCALE_BLOCK = 128
@@ -74,7 +85,8 @@ class Config(tuple):
 
     def __repr__(self) -> str:
         v, sk = self[5], self[6]
-        return "{}x{}x{} w{} s{}".format(*self[:5]) + (f" v{v}" if v else "") + (f" split{sk}" if sk > 1 else "")
+        text = "{}x{}x{} w{} s{}".format(*self[:5])
+        return text + (f" v{v}" if v else "") + (f" split{sk}" if sk > 1 else "")
 
 
 def m_bucket(m: int) -> int:
@@ -145,23 +157,26 @@ def descriptor(t: torch.Tensor, block: Sequence[int]):
 
 def _candidates(m: int, n: int, k: int, tma: bool) -> list[Config]:
     # Two fp32 tiles live per program (the accumulator and the step's dot):
-    # 128x128 on 8 warps for large M. Small M is weight-bandwidth bound: thin
-    # tiles, deep pipelines, and split-K for more loads in flight. The last
-    # candidate is the portable pointer kernel (the tuner's reference).
-    # (Measured on an H100, benchmarks/results/gemm-h100.md: warp
-    # specialization and TMA win at large M; the hand-pipelined fold did not.)
+    # 128x128 on 8 warps for large M; small M is weight-bandwidth bound: thin
+    # tiles, deep pipelines. The last candidate is the portable pointer
+    # kernel (the tuner's reference). The lists keep what won somewhere on an
+    # H100 (benchmarks/results/gemm-h100.md); 64x128 tiles on 4 warps, a
+    # hand-pipelined fold and split-K measured slower everywhere.
     if m <= 64:
         bm = 16 if m <= 16 else 64
-        ptr = [Config(bm, 64, 128, 4, 5, 0, 2), Config(bm, 64, 128, 4, 5, 0, 4), Config(bm, 32, 128, 4, 6, 0, 4),
-               Config(bm, 32, 128, 4, 6), Config(bm, 64, 128, 4, 5)]  # fmt: skip
+        ptr = [Config(bm, 64, 128, 4, 5), Config(bm, 32, 128, 4, 6)]
         tmas = [Config(64, 64, 128, 4, 6, 1)]
     elif m <= 256:
-        ptr = [Config(64, 64, 128, 4, 5, 0, 2), Config(64, 64, 128, 4, 5), Config(64, 128, 128, 4, 4)]
+        ptr = [Config(64, 64, 128, 4, 5), Config(64, 128, 128, 4, 4)]
         tmas = [Config(64, 128, 128, 4, 4, 1)]
     else:
         ptr = [Config(128, 128, 128, 8, 3), Config(128, 128, 128, 8, 4)]
-        tmas = [Config(128, 128, 128, 8, 4, 2), Config(128, 128, 128, 8, 3, 2), Config(128, 128, 128, 8, 3, 1),
-                Config(128, 128, 128, 8, 4, 1)]  # fmt: skip
+        tmas = [
+            Config(128, 128, 128, 8, 4, 1),
+            Config(128, 128, 128, 8, 3, 1),
+            Config(128, 128, 128, 8, 4, 2),
+            Config(128, 128, 128, 8, 3, 2),
+        ]
     return tmas + ptr if tma else ptr
 
 
@@ -305,7 +320,9 @@ def _blockwise_tma_kernel(
 
 def _check(qa, sa, qb, sb) -> tuple[int, int, int]:
     if qa.dim() != 2 or qb.dim() != 2 or qa.shape[1] != qb.shape[0]:
-        raise ValueError(f"blockwise_mm: expected qa (M, K) and qb (K, N), got {tuple(qa.shape)} and {tuple(qb.shape)}")
+        raise ValueError(
+            f"blockwise_mm: expected qa (M, K) and qb (K, N), got {tuple(qa.shape)} and {tuple(qb.shape)}"
+        )
     m, k = qa.shape
     n = qb.shape[1]
     kb, nb = triton.cdiv(k, SCALE_BLOCK), triton.cdiv(n, SCALE_BLOCK)
@@ -339,7 +356,9 @@ def split_k_output(m: int, n: int, split: int, out_dtype: torch.dtype, device) -
     return torch.empty((split, m, n), dtype=torch.float32, device=device), split
 
 
-def reduce_split_k(o: torch.Tensor, split: int, bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+def reduce_split_k(
+    o: torch.Tensor, split: int, bias: Optional[torch.Tensor], out_dtype: torch.dtype
+) -> torch.Tensor:
     """Sum split-K partial tiles in fp32, add the bias, cast."""
     if split == 1:
         return o

@@ -21,7 +21,6 @@ from .quant_math import (
     TINY,
     abs_bits,
     e2m1_codes,
-    e2m1_codes_cvt,
     e2m1_codes_fast,
     e2m1_codes_stochastic,
     e4m3_value,
@@ -195,9 +194,7 @@ def quant_blocks_kernel(
             v = nan_clamp(x * tl.broadcast_to(recip[:, :, None], (BM, NB, BS)), -6.0, 6.0)
             if HAS_NOISE:
                 codes = e2m1_codes_stochastic(v, noise)
-            elif ENC == 2 and NATIVE:
-                codes = e2m1_codes_cvt(v)
-            elif ENC >= 1:
+            elif ENC == 1:
                 codes = e2m1_codes_fast(v)
             else:
                 codes = e2m1_codes(v)

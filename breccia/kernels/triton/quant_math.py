@@ -201,22 +201,6 @@ def e2m1_codes_fast(v):
 
 
 @triton.jit
-def e2m1_codes_cvt(v):
-    """:func:`e2m1_codes_fast` on the GPU: ``cvt.rni`` rounds ``|v| * m + o``
-    to the nearest integer (ties to even; o is even) and turns NaN into 0,
-    saving the mask and the NaN select."""
-    a = tl.abs(v)
-    lo = a < 2.0
-    mid = a < 4.0
-    m = tl.where(lo, 2.0, tl.where(mid, 1.0, 0.5))
-    o = tl.where(lo, 0.0, tl.where(mid, 2.0, 4.0))
-    c = tl.inline_asm_elementwise("cvt.rni.s32.f32 $0, $1;", "=r,r", [a * m + o], dtype=tl.int32, is_pure=True,
-                                  pack=1)
-    sign = (v.to(tl.int32, bitcast=True) >> 28) & 8
-    return c | sign
-
-
-@triton.jit
 def _e2m1_value(c):
     """Magnitude of e2m1 code ``c`` (0..7)."""
     return tl.where(c < 4, c.to(tl.float32) * 0.5,

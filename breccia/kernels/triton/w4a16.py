@@ -23,13 +23,19 @@ Decoding is exact, in the dot's dtype (the activation's, bf16 or fp16):
   the mantissa of 2**7 (bf16) or 2**10 (fp16), giving ``2**7 + u`` exactly;
   subtracting ``2**7 + 8`` (or ``2**7 + zero point``) leaves the integer, and
   one multiply by the group scale rounds once -- the same bits as
-  ``breccia.dequantize(w, x.dtype)``.
-- NVFP4: the e2m1 code is re-spelled as the e4m3 byte of the same value times
-  2**-6 (sign to bit 7, exponent and mantissa two places up; e2m1's subnormal
-  0.5 becomes e4m3's subnormal), converted by the hardware's e4m3 path; times
-  the e4m3 block scale (times 2**6) the product has at most 6 significant bits
-  and is exact in bf16 and fp16. The fp32 global scale multiplies the
-  accumulator once at the end.
+  ``breccia.dequantize(w, x.dtype)``. (fp16 decodes the high nibble in place,
+  worth 16x, with the scale divided by 16; bf16's 7-bit mantissa has no room
+  for it, so it is shifted down first.)
+- NVFP4 (bf16): the e2m1 code's sign goes to bit 15 and its exponent and
+  mantissa to bits 8-6: the bf16 of value * 2**-126 (e2m1's subnormal 0.5
+  lands on bf16's subnormal); times the e4m3 block scale * 2**119 the
+  product, value * scale * 2**-7, has at most 6 significant bits and is
+  exact. The fp32 global scale (and 2**7) multiplies the accumulator once at
+  the end. NVFP4 with fp16 activations decodes in fp32 (its 2**-7 products
+  could be fp16 subnormals).
+- ``Config.f32`` decodes in fp32 instead (the same bits, ~1.6x the
+  instructions; the CPU interpreter, which has no bf16 arithmetic, always
+  does).
 
 Configs come from a small fixed list (:func:`candidates`); :func:`config_for`
 picks one from a table measured on an H100 (``TUNED``) or a heuristic, so the
@@ -116,10 +122,10 @@ def _m_bucket(m: int) -> int:
 
 
 #: the fastest candidate per (capability major, kind, M bucket, N, K), as
-#: ``benchmarks/bench_decode.py`` measured them on one H100 80GB HBM3
-#: (2026-11-24; INT4's from the run whose kernel had the bf16 high-nibble bug
-#: since fixed, one shift per pair cheaper than the fix); other kinds (INT4
-#: asymmetric) and shapes fall back to the heuristic
+#: ``benchmarks/bench_decode.py`` tuned them on one H100 80GB HBM3
+#: (2026-11-25, benchmarks/results/decode-h100.md run B; INT4's were tuned
+#: before its bf16 high-nibble fix, which adds one shift per pair); other
+#: kinds (INT4 asymmetric) and shapes fall back to the heuristic
 TUNED: dict[tuple, Config] = {
     (9, 'int4_sym', 1, 28672, 8192): Config(32, 4, 2, 2, 4),
     (9, 'int4_sym', 1, 4096, 4096): Config(64, 4, 8, 4, 4),
