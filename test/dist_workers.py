@@ -309,3 +309,40 @@ def two_d(rank: int, world: int, init_file: str, name: str):
         g = p.grad.full_tensor()
         assert sqnr_db(q.grad, g) > 15, (name, pn, sqnr_db(q.grad, g))
     dist.destroy_process_group()
+
+
+def compiled_blocks(rank: int, world: int, init_file: str, names):
+    """Per-block torch.compile(fullgraph=True) inside FSDP2: the same losses
+    and gradients as the eager FSDP2 model."""
+    from torch.distributed.fsdp import fully_shard
+
+    init(rank, world, init_file)
+    for name in names:
+        recipe = RECIPES[name]
+        torch._dynamo.reset()
+
+        def build(compile_blocks):
+            torch.manual_seed(0)
+            model = nn.Sequential(*[nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)) for _ in range(2)])
+            breccia.convert(model, recipe, mode="training")
+            for i, block in enumerate(model):
+                if compile_blocks:
+                    block = torch.compile(block, fullgraph=True, backend="aot_eager")
+                    model[i] = block
+                fully_shard(block)
+            fully_shard(model)
+            return model
+
+        eager, compiled = build(False), build(True)
+        for step in range(2):
+            x = batch(step, rank, 64)
+            le = eager(x).square().mean()
+            le.backward()
+            lc = compiled(x).square().mean()
+            lc.backward()
+            assert _rel(lc, le) < 1e-6, (name, step, lc.item(), le.item())
+            for (pn, p), (_, q) in zip(compiled.named_parameters(), eager.named_parameters()):
+                assert _rel(_full(p.grad), _full(q.grad)) < 1e-5, (name, pn)
+            for m in (eager, compiled):
+                m.zero_grad()
+    dist.destroy_process_group()

@@ -61,3 +61,7 @@ def test_tensor_parallel(sequence_parallel):
 
 def test_two_d_mesh_tp_inside_fsdp_across():
     run(W.two_d, 4, "fp8_row", timeout=400)
+
+
+def test_compiled_blocks_inside_fsdp2():
+    run(W.compiled_blocks, 2, ["fp8_tensor", "mxfp8"])

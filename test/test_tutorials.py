@@ -25,3 +25,18 @@ def test_train_tutorial_short_run():
         assert losses[-1] < losses[0], name  # it learns
     # the converted runs track bf16 from the same init on the same batches
     assert abs(runs["MXFP8BlockScaling"][-1] / runs["bf16"][-1] - 1) < 0.05
+
+
+def test_fsdp2_tutorial_under_torchrun():
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         os.path.join(HERE, "..", "tutorials", "03_fsdp2.py"), "--steps", "2", "--recipe", "fp8-row"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ratio = float(out.stdout.split("(")[-1].split("x)")[0])
+    assert ratio <= 0.27
