@@ -41,7 +41,7 @@ import torch
 import triton
 
 import breccia
-from breccia.demo import environment_line, write_text_atomic
+from breccia.demo import environment_line
 from breccia.kernels.triton import quantize as tq
 from gpu_check_quantize import DEFAULT_OUTPUT, md_table, update_section
 

@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 if "--cpu" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "1"

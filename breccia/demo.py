@@ -12,7 +12,6 @@ import datetime
 import math
 import os
 import platform
-import tempfile
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -246,28 +245,13 @@ def environment_line(device: Union[torch.device, str, None] = None) -> str:
 
 
 def write_text_atomic(path: Union[str, os.PathLike], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and
-    ``os.replace``, so a crash never leaves a half-written file behind."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`breccia.io.atomic.atomic_write`):
+    a crash never leaves a half-written file behind."""
+    from .io.atomic import atomic_write
+
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
