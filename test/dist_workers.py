@@ -346,3 +346,51 @@ def compiled_blocks(rank: int, world: int, init_file: str, names):
             for m in (eager, compiled):
                 m.zero_grad()
     dist.destroy_process_group()
+
+
+class _QKVBlock(nn.Module):
+    """Three column-parallel consumers of one input, then a row-parallel
+    projection: the shape PrepareModuleInput is for."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(128, 128), nn.Linear(128, 128), nn.Linear(128, 128)
+        self.o = nn.Linear(128, 128)
+
+    def forward(self, x):
+        return self.o(torch.nn.functional.gelu(self.q(x)) * self.k(x) + self.v(x))
+
+
+def prepare_module_input(rank: int, world: int, init_file: str, name: str):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from breccia.distributed import ColwiseParallel, PrepareModuleInput, RowwiseParallel
+    from breccia.metrics import sqnr_db
+
+    init(rank, world, init_file)
+    mesh = init_device_mesh("cpu", (world,))
+    recipe = RECIPES[name]
+    torch.manual_seed(0)
+    ref = _QKVBlock()
+    tp = copy.deepcopy(ref)
+    breccia.convert(ref, recipe, mode="training")
+    breccia.convert(tp, recipe, mode="training")
+    parallelize_module(tp, mesh, {
+        "": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        "q": ColwiseParallel(), "k": ColwiseParallel(), "v": ColwiseParallel(),
+        "o": RowwiseParallel(output_layouts=Shard(1)),
+    })
+    x = torch.randn(2, 8 * world, 128, generator=torch.Generator().manual_seed(3))
+    xr = x.clone().requires_grad_()
+    y_ref = ref(xr)
+    y_ref.square().mean().backward()
+    chunk = 8
+    xl = x[:, rank * chunk:(rank + 1) * chunk].clone().requires_grad_()
+    y = tp(xl)
+    (y.square().sum() / y_ref.numel()).backward()
+    sl = slice(rank * chunk, (rank + 1) * chunk)
+    assert sqnr_db(y_ref[:, sl], y) > 20, sqnr_db(y_ref[:, sl], y)
+    assert sqnr_db(xr.grad[:, sl], xl.grad) > 15, sqnr_db(xr.grad[:, sl], xl.grad)
+    dist.destroy_process_group()

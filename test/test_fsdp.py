@@ -65,3 +65,7 @@ def test_two_d_mesh_tp_inside_fsdp_across():
 
 def test_compiled_blocks_inside_fsdp2():
     run(W.compiled_blocks, 2, ["fp8_tensor", "mxfp8"])
+
+
+def test_prepare_module_input_gathers_once_in_low_precision():
+    run(W.prepare_module_input, 2, "fp8_row")

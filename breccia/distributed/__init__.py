@@ -9,7 +9,14 @@
 """
 
 from .fsdp import precompute_scales
-from .tensor_parallel import ColwiseParallel, RowwiseParallel, all_gather_quantized
+from .tensor_parallel import ColwiseParallel, PrepareModuleInput, RowwiseParallel, all_gather_quantized
 from .weight import TrainingWeight
 
-__all__ = ["TrainingWeight", "precompute_scales", "ColwiseParallel", "RowwiseParallel", "all_gather_quantized"]
+__all__ = [
+    "TrainingWeight",
+    "precompute_scales",
+    "ColwiseParallel",
+    "RowwiseParallel",
+    "PrepareModuleInput",
+    "all_gather_quantized",
+]

@@ -33,7 +33,7 @@ from ..recipes import WHOLE
 from ..tensor import ScaledTensor
 from ..training import scaled_linear
 
-__all__ = ["ColwiseParallel", "RowwiseParallel", "all_gather_quantized"]
+__all__ = ["ColwiseParallel", "RowwiseParallel", "PrepareModuleInput", "all_gather_quantized"]
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,13 @@ class ColwiseParallel(ParallelStyle):
         def forward(self_, x):
             if isinstance(x, DTensor):
                 x = x.to_local()
-            x = all_gather_quantized(x, recipe, seq, group) if seq is not None else _CopyToRanks.apply(x, group)
+            if seq is not None:
+                x = all_gather_quantized(x, recipe, seq, group)
+            elif not isinstance(x, ScaledTensor):
+                # a replicated input: its partial gradients are summed here. (A
+                # ScaledTensor input was gathered by PrepareModuleInput, whose
+                # backward reduce-scatters them instead.)
+                x = _CopyToRanks.apply(x, group)
             y = scaled_linear(x, _local(self_.weight), _local(self_.bias), recipe, getattr(self_, "breccia_amax", None))
             return y if local_out else DTensor.from_local(y, device_mesh, [Shard(y.dim() - 1)])
 
@@ -216,4 +222,53 @@ class RowwiseParallel(ParallelStyle):
             return DTensor.from_local(y, device_mesh, [Replicate() if seq is None else Shard(seq)])
 
         module.forward = types.MethodType(forward, module)
+        return module
+
+
+class PrepareModuleInput(ParallelStyle):
+    """Gather a module's sequence-sharded inputs once, in low precision, for
+    the column-parallel layers inside it (e.g. an attention block's q, k, v).
+
+    ``input_layouts`` / ``desired_input_layouts``: one entry per positional
+    input (``None`` leaves it alone); ``Shard(d)`` -> ``Replicate()``
+    all-gathers that input along ``d`` as payload plus scales
+    (:func:`all_gather_quantized`), quantized by ``recipe`` (default: the
+    recipe of the first converted linear layer inside the module). The
+    gathered input is a ScaledTensor: ``ColwiseParallel`` layers take it as it
+    is, and the gather's backward reduce-scatters their summed gradients."""
+
+    def __init__(self, *, input_layouts, desired_input_layouts, recipe=None):
+        super().__init__()
+        self.input_layouts = tuple(input_layouts) if isinstance(input_layouts, (list, tuple)) else (input_layouts,)
+        self.desired = (
+            tuple(desired_input_layouts) if isinstance(desired_input_layouts, (list, tuple)) else (desired_input_layouts,)
+        )
+        if len(self.input_layouts) != len(self.desired):
+            raise ValueError(
+                f"desired_input_layouts: expected {len(self.input_layouts)} entries like input_layouts, "
+                f"got {len(self.desired)}"
+            )
+        for have, want in zip(self.input_layouts, self.desired):
+            if have is not None and not (isinstance(have, Shard) and isinstance(want, Replicate)) and have != want:
+                raise ValueError(f"input_layouts: only Shard(d) -> Replicate() gathers are supported, got {have} -> {want}")
+        self.recipe = recipe
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        recipe = self.recipe or next(
+            (m._breccia_recipe for m in module.modules() if getattr(m, "_breccia_mode", None) == "training"), None
+        )
+        if recipe is None:
+            raise ValueError("recipe: the module holds no layer converted for training; pass recipe=")
+        group = device_mesh.get_group()
+        plan = list(zip(self.input_layouts, self.desired))
+
+        def hook(mod, args):
+            out = list(args)
+            for i, (have, want) in enumerate(plan):
+                if i < len(out) and isinstance(have, Shard) and isinstance(want, Replicate):
+                    x = out[i].to_local() if isinstance(out[i], DTensor) else out[i]
+                    out[i] = all_gather_quantized(x, recipe, have.dim, group)
+            return tuple(out)
+
+        module.register_forward_pre_hook(hook)
         return module
