@@ -21,6 +21,12 @@ def init(rank: int, world: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
 
 
+def finish() -> None:
+    # every rank done with its collectives before any tears the group down
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def mlp(d_in: int, hidden: int, d_out: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
@@ -114,7 +120,7 @@ def loss_parity(rank: int, world: int, init_file: str, names, dims, steps: int =
                 for m, mr in zip(model.modules(), ref.modules()):
                     if hasattr(m, "breccia_amax"):
                         mr.breccia_amax.load_state_dict(m.breccia_amax.state_dict())
-    dist.destroy_process_group()
+    finish()
 
 
 def wire_bytes(rank: int, world: int, init_file: str, names, limits):
@@ -160,7 +166,7 @@ def wire_bytes(rank: int, world: int, init_file: str, names, limits):
     finally:
         for name, real in reals.items():
             setattr(dist, name, real)
-    dist.destroy_process_group()
+    finish()
     return None
 
 
@@ -194,7 +200,7 @@ def uneven_shapes(rank: int, world: int, init_file: str, names, out_features):
             assert seen["w"] is not None, (name, n, "weight was not gathered quantized")
             assert torch.equal(seen["w"], expect), (name, n, _rel(seen["w"], expect))
             assert model[0].weight.grad is not None
-    dist.destroy_process_group()
+    finish()
 
 
 def inference_sharding(rank: int, world: int, init_file: str, names):
@@ -214,7 +220,7 @@ def inference_sharding(rank: int, world: int, init_file: str, names):
         x = batch(0, rank, 64)
         with torch.no_grad():
             assert torch.equal(model(x), ref(x)), name
-    dist.destroy_process_group()
+    finish()
 
 
 def tensor_parallel(rank: int, world: int, init_file: str, names, sequence_parallel: bool):
@@ -265,7 +271,7 @@ def tensor_parallel(rank: int, world: int, init_file: str, names, sequence_paral
         w = tp[0].weight.grad.full_tensor()
         assert sqnr_db(ref[0].weight.grad if not hasattr(ref[0].weight.grad, "_data") else ref[0].weight.grad, w) > 15, (
             name, "weight grad", sqnr_db(ref[0].weight.grad, w))
-    dist.destroy_process_group()
+    finish()
 
 
 def _gather_dim_for_test(t, dim):
@@ -308,7 +314,7 @@ def two_d(rank: int, world: int, init_file: str, name: str):
     for (pn, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         g = p.grad.full_tensor()
         assert sqnr_db(q.grad, g) > 15, (name, pn, sqnr_db(q.grad, g))
-    dist.destroy_process_group()
+    finish()
 
 
 def compiled_blocks(rank: int, world: int, init_file: str, names):
@@ -345,7 +351,7 @@ def compiled_blocks(rank: int, world: int, init_file: str, names):
                 assert _rel(_full(p.grad), _full(q.grad)) < 1e-5, (name, pn)
             for m in (eager, compiled):
                 m.zero_grad()
-    dist.destroy_process_group()
+    finish()
 
 
 class _QKVBlock(nn.Module):
@@ -393,4 +399,4 @@ def prepare_module_input(rank: int, world: int, init_file: str, name: str):
     sl = slice(rank * chunk, (rank + 1) * chunk)
     assert sqnr_db(y_ref[:, sl], y) > 20, sqnr_db(y_ref[:, sl], y)
     assert sqnr_db(xr.grad[:, sl], xl.grad) > 15, sqnr_db(xr.grad[:, sl], xl.grad)
-    dist.destroy_process_group()
+    finish()

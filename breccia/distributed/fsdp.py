@@ -52,6 +52,13 @@ class _GatherMeta:
     codes: bool  # 4-bit payload sent unpacked (one code per byte)
 
 
+def all_gather(out: torch.Tensor, inp: torch.Tensor, group=None) -> None:
+    """All-gather ``inp`` into ``out`` along dim 0 (``all_gather_single`` is
+    ``all_gather_into_tensor``'s newer name; looked up per call)."""
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out, inp, group=group)
+
+
 def _all_reduce_max(t: torch.Tensor, group) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
@@ -64,8 +71,8 @@ def _gather_rows(t: torch.Tensor, rows_pad: int, n_rows: int, group, world: int)
     padded = t.new_zeros((rows_pad,) + tuple(t.shape[1:]))
     padded[: t.shape[0]] = t
     out = t.new_empty((world * rows_pad,) + tuple(t.shape[1:]))
-    dist.all_gather_into_tensor(out.view(torch.uint8) if out.dtype.itemsize == 1 else out,
-                                padded.view(torch.uint8) if padded.dtype.itemsize == 1 else padded, group=group)
+    as_bytes = (lambda v: v.view(torch.uint8)) if t.dtype.itemsize == 1 else (lambda v: v)  # fp8/e8m0 as bytes
+    all_gather(as_bytes(out), as_bytes(padded), group=group)
     return out[:n_rows]
 
 

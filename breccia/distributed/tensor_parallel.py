@@ -32,6 +32,7 @@ from ..api import cast
 from ..recipes import WHOLE
 from ..tensor import ScaledTensor
 from ..training import scaled_linear
+from .fsdp import all_gather
 
 __all__ = ["ColwiseParallel", "RowwiseParallel", "PrepareModuleInput", "all_gather_quantized"]
 
@@ -45,7 +46,7 @@ def _gather_dim(t: torch.Tensor, dim: int, group) -> torch.Tensor:
     world = dist.get_world_size(group)
     src = _as_bytes(t.movedim(dim, 0).contiguous())
     out = src.new_empty((world * src.shape[0],) + tuple(src.shape[1:]))
-    dist.all_gather_into_tensor(out, src, group=group)
+    all_gather(out, src, group=group)
     return out.view(t.dtype).movedim(0, dim)
 
 
