@@ -207,6 +207,13 @@ def quantize_reference(
         )
         gs = torch.ones((), dtype=torch.float32, device=dev) if spec.has_global_scale else None
         zp = torch.zeros(grid, dtype=torch.uint8, device=dev) if spec.has_zero_point else None
+        if amax is not None:
+            # a given amax still decides the scales (an empty shard must agree
+            # with the other ranks): the same rule, on a stand-in element
+            one = quantize_reference(torch.zeros([1] * len(shape), device=dev), spec, amax=amax)
+            if spec.scale_format == "fp32" and math.prod(grid):
+                scale = one.scale.reshape([1] * len(shape)).expand(grid).contiguous()
+            gs = one.global_scale if spec.has_global_scale else gs
         return Quantized(qdata, scale, gs, zp)
 
     xf = x.to(torch.float32)

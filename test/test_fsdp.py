@@ -47,7 +47,8 @@ def test_wire_bytes():
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_uneven_shapes(world):
-    run(W.uneven_shapes, world, ["fp8_tensor", "fp8_row", "fp8_block", "mxfp8", "nvfp4", "int4_qat"], [3, 130, 1000])
+    # 2 rows on 3 ranks leaves one rank an empty shard
+    run(W.uneven_shapes, world, ["fp8_tensor", "fp8_row", "fp8_block", "mxfp8", "nvfp4", "int4_qat"], [2, 3, 130, 1000])
 
 
 def test_inference_sharding():

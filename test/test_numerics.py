@@ -322,3 +322,12 @@ def test_empty_tensors(recipe):
     st = breccia.cast(x, recipe)
     assert st.shape == (0, 64)
     assert breccia.dequantize(st).shape == (0, 64)
+
+
+def test_given_amax_decides_scales_even_for_empty_tensors():
+    """An empty shard must agree with the other ranks' scales."""
+    a = torch.tensor(8.0)
+    st = breccia.cast(torch.empty(0, 32), breccia.Float8CurrentScaling(), amax=a)
+    assert st.scale.item() == breccia.cast(torch.full((1, 32), 8.0), breccia.Float8CurrentScaling()).scale.item()
+    nv = breccia.cast(torch.empty(0, 32), breccia.NVFP4BlockScaling(), amax=a)
+    assert nv.global_scale.item() == pytest.approx(8.0 / 2688, rel=1e-7)
