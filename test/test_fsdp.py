@@ -70,3 +70,7 @@ def test_compiled_blocks_inside_fsdp2():
 
 def test_prepare_module_input_gathers_once_in_low_precision():
     run(W.prepare_module_input, 2, "fp8_row")
+
+
+def test_tensor_parallel_inference_weights():
+    run(W.tensor_parallel_inference, 2, ["fp8_row", "fp8_block", "mxfp8", "nvfp4"])

@@ -3,7 +3,9 @@ activation all-gathers.
 
 ``ColwiseParallel`` shards a layer's output features, ``RowwiseParallel`` its
 input features (``torch.distributed.tensor.parallel``'s styles, for layers
-converted with ``breccia.convert(..., mode="training")``). Each rank runs the
+converted with ``breccia.convert``: in training mode the high-precision
+weight is sharded; in inference mode the ScaledTensor weight, whose local
+shard is a ScaledTensor). Each rank runs the
 layer's scaled GEMMs on its shard. With sequence parallelism
 (``ColwiseParallel(input_layouts=Shard(1))``) the input all-gather moves the
 quantized payload and its scales -- a quarter of the bf16 bytes for FP8 --
@@ -131,10 +133,8 @@ class _ReduceScatter(torch.autograd.Function):
 
 def _recipe_of(module: nn.Module):
     recipe = getattr(module, "_breccia_recipe", None)
-    if recipe is None or getattr(module, "_breccia_mode", None) != "training":
-        raise ValueError(
-            f"module: expected an nn.Linear converted with breccia.convert(..., mode='training'), got {module}"
-        )
+    if recipe is None:
+        raise ValueError(f"module: expected an nn.Linear converted with breccia.convert, got {module}")
     return recipe
 
 
@@ -146,7 +146,31 @@ def _shard_param(module: nn.Module, name: str, mesh: DeviceMesh, placement) -> N
     p = getattr(module, name)
     if p is None:
         return
-    module.register_parameter(name, nn.Parameter(distribute_tensor(p.data, mesh, [placement]), p.requires_grad))
+    if isinstance(p.data, ScaledTensor):
+        # an inference weight: every rank holds the whole ScaledTensor; keep
+        # this rank's slice (payload and scales together, on block boundaries)
+        data = p.data
+        if isinstance(placement, Shard):
+            world, rank = mesh.size(), mesh.get_local_rank()
+            size = data.shape[placement.dim]
+            step = -(-size // world)
+            data = data.narrow(placement.dim, min(rank * step, size), max(min(step, size - rank * step), 0))
+            if not isinstance(data, ScaledTensor):
+                raise ValueError(
+                    f"{name}: its {tuple(p.shape)} blocks {p.data.block} do not split into {world} whole-block shards"
+                )
+        dt = DTensor.from_local(data, mesh, [placement], run_check=False, shape=p.shape, stride=p.stride())
+    else:
+        dt = distribute_tensor(p.data, mesh, [placement])
+    module.register_parameter(name, nn.Parameter(dt, p.requires_grad))
+
+
+def _linear(module: nn.Module, x, weight, bias, recipe):
+    """The layer's local product: scaled training GEMMs, or (inference) the
+    op table's route for a ScaledTensor weight."""
+    if getattr(module, "_breccia_mode", None) == "training":
+        return scaled_linear(x, weight, bias, recipe, getattr(module, "breccia_amax", None))
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 class ColwiseParallel(ParallelStyle):
@@ -181,7 +205,7 @@ class ColwiseParallel(ParallelStyle):
                 # ScaledTensor input was gathered by PrepareModuleInput, whose
                 # backward reduce-scatters them instead.)
                 x = _CopyToRanks.apply(x, group)
-            y = scaled_linear(x, _local(self_.weight), _local(self_.bias), recipe, getattr(self_, "breccia_amax", None))
+            y = _linear(self_, x, _local(self_.weight), _local(self_.bias), recipe)
             return y if local_out else DTensor.from_local(y, device_mesh, [Shard(y.dim() - 1)])
 
         module.forward = types.MethodType(forward, module)
@@ -214,7 +238,7 @@ class RowwiseParallel(ParallelStyle):
         def forward(self_, x):
             if isinstance(x, DTensor):
                 x = x.to_local()
-            y = scaled_linear(x, _local(self_.weight), None, recipe, getattr(self_, "breccia_amax", None))
+            y = _linear(self_, x, _local(self_.weight), None, recipe)
             y = _SumAcrossRanks.apply(y, group) if seq is None else _ReduceScatter.apply(y, seq, group)
             if self_.bias is not None:
                 y = y + _local(self_.bias)
