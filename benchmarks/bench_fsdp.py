@@ -29,6 +29,7 @@ except ImportError:  # run from a checkout without installing
     import breccia
 
 from breccia.demo import write_text_atomic
+from training_variants import breccia_variants  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -64,13 +65,7 @@ def variants():
     except Exception as e:
         if dist.get_rank() == 0:
             print(f"(torchao unavailable: {e})")
-    for name, recipe in {
-        "breccia tensorwise": breccia.Float8CurrentScaling(),
-        "breccia rowwise": breccia.Float8CurrentScaling(granularity="row"),
-        "breccia DeepSeek blockwise": breccia.Float8BlockScaling(),
-        "breccia MXFP8": breccia.MXFP8BlockScaling(),
-    }.items():
-        out[name] = lambda m, r=recipe: breccia.convert(m, r, mode="training")
+    out.update(breccia_variants())
     return out
 
 
