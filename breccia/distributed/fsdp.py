@@ -59,6 +59,11 @@ def all_gather(out: torch.Tensor, inp: torch.Tensor, group=None) -> None:
     fn(out, inp, group=group)
 
 
+def _local_amax(x: torch.Tensor) -> torch.Tensor:
+    """This rank's amax (float32, 0-d); 0 for an empty shard."""
+    return x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
+
+
 def _all_reduce_max(t: torch.Tensor, group) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
@@ -101,21 +106,17 @@ def pre_all_gather(weight, mesh, outer_size, module, mp_policy):
             # this rank's amax waits for sync_amax, which pushes it into the
             # history and makes it global: the backward re-gather must see the
             # same history as the forward gather
-            with torch.no_grad():
-                local = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
-            weight.pending_amax = local
+            weight.pending_amax = _local_amax(x)
         elif weight.precomputed_amax is not None:
             amax = weight.precomputed_amax
         else:
-            local = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
-            amax = _all_reduce_max(local, group)
+            amax = _all_reduce_max(_local_amax(x), group)
         st = cast(x, recipe, "weight", amax=amax)
         scale = st.scale
     elif b0 == 1:  # blocks inside rows: local scales, gathered
         amax = None
         if spec.has_global_scale:
-            local = x.detach().abs().amax().float() if x.numel() else torch.zeros((), device=x.device)
-            amax = _all_reduce_max(local, group)
+            amax = _all_reduce_max(_local_amax(x), group)
         st = cast(x, recipe, "weight", amax=amax)
         scale = _gather_rows(st.scale, rows_pad, scale_grid_shape((n, k), block)[0], group, world)
         if st.zero_point is not None:
@@ -244,7 +245,7 @@ def precompute_scales(model: torch.nn.Module) -> int:
         return 0
     with torch.no_grad():
         amaxes = torch.stack(
-            [t._data.abs().amax().float() if t.numel() else torch.zeros((), device=t.device) for t in locals_]
+            [_local_amax(t._data) for t in locals_]
         )
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(amaxes, op=dist.ReduceOp.MAX, group=group)
