@@ -44,8 +44,16 @@ def variants():
         out["torchao FP8 dynamic per-row"] = ao(PerRow())
     except Exception as e:
         print(f"(torchao unavailable: {e})")
+    # the recipes' default: the forward GEMM fast-accumulated, as torchao's
+    # (Float8MMConfig(use_fast_accum=True)) and TransformerEngine's are
     out["breccia tensorwise"] = lambda m: breccia.convert(m, breccia.Float8CurrentScaling())
     out["breccia rowwise"] = lambda m: breccia.convert(m, breccia.Float8CurrentScaling(granularity="row"))
+    out["breccia tensorwise, fast_accum_forward=False"] = lambda m: breccia.convert(
+        m, breccia.Float8CurrentScaling(fast_accum_forward=False)
+    )
+    out["breccia rowwise, fast_accum_forward=False"] = lambda m: breccia.convert(
+        m, breccia.Float8CurrentScaling(granularity="row", fast_accum_forward=False)
+    )
     return out
 
 

@@ -10,6 +10,7 @@ Run on a CUDA machine: ``python benchmarks/gpu_check_gemm.py [--output FILE]``.
    blockwise cuBLAS and Triton, MXFP8 Triton) on whole and ragged shapes and
    compares it with the reference (dequantize both, fp32 matmul): relative
    error in fp32 output (< 1e-3 expected) and bf16 output.
+   The grad-weight pair of blockwise training (1x128 x 128x1) likewise.
 3. Checks that each route runs with ``torch.cuda.set_sync_debug_mode("error")``
    (no host sync) and replays correctly from a CUDA graph.
 
@@ -198,6 +199,34 @@ def check_routes() -> list[dict]:
     return rows
 
 
+def check_wgrad_routes() -> list[dict]:
+    """The grad-weight pair of blockwise training, ``dy^T (1x128) @ x (128x1)``
+    (both blocked along the tokens), on cuBLAS 1x128 x 1x128 and on the Triton
+    kernel, against the reference."""
+    rows = []
+    for m, n, k in [(4096, 4096, 16384), (14336, 4096, 4096), (256, 384, 1024), (250, 200, 640), (4, 256, 512)]:
+        g = torch.Generator(device="cuda").manual_seed(m + n + k)
+        dy = torch.randn(k, m, device="cuda", generator=g, dtype=torch.bfloat16)
+        x = torch.randn(k, n, device="cuda", generator=g, dtype=torch.bfloat16)
+        a = breccia.cast(dy.t(), BLOCK, "grad_output")
+        b = breccia.cast(x.t(), BLOCK, "input").t()
+        ref = _deq(a) @ _deq(b)
+        runs = {route_for(a, b).name: route_for(a, b).run, "fp8_blockwise_triton (forced)": cuda_routes.run_blockwise_triton}
+        for name, run in runs.items():
+            row = dict(recipe="fp8 blockwise wgrad", shape=f"{m}x{n}x{k}", route=name)
+            try:
+                row["err_fp32"] = rel_err(run(a, b, None, torch.float32), ref)
+                row["err_bf16"] = rel_err(run(a, b, None, torch.bfloat16), ref)
+                fn = lambda: run(a, b, None, torch.bfloat16)  # noqa: E731
+                row["no_sync"] = _no_sync(fn)
+                row["cuda_graph"] = _graph_ok(fn)
+            except Exception as e:  # noqa: BLE001
+                row["cuda_graph"] = "ERROR " + _short(e)
+                traceback.print_exc()
+            rows.append(row)
+    return rows
+
+
 def _table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -224,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     probe = probe_cublas_blockwise()
     text = head + "## What `torch._scaled_mm` takes for 1x128 x 128x128\n\n" + _table(probe) + "\n\n"
     print(text, flush=True)
-    routes = check_routes()
+    routes = check_routes() + check_wgrad_routes()
     text += (
         "## Every route through `F.linear` (relative error vs dequantize-both fp32 matmul)\n\n"
         + _table(routes)

@@ -8,12 +8,12 @@ import torch
 
 from .formats import rounding_noise
 from .layouts import Plain
-from .library import dequantize_op, quantize_op
+from .library import dequantize_op, quantize_op, quantize_rowcol_op
 from .quantize import block_for
 from .recipes import ROLES, DelayedScaling, Recipe
 from .tensor import ScaledTensor
 
-__all__ = ["cast", "dequantize", "requantize", "as_tensor"]
+__all__ = ["cast", "cast_with_transpose", "dequantize", "requantize", "as_tensor"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -91,6 +91,37 @@ def cast(
         shape=tuple(x.shape),
         orig_dtype=torch.float32 if x.dtype == torch.float64 else x.dtype,
     )
+
+
+def cast_with_transpose(x: torch.Tensor, recipe: Recipe, role: str) -> tuple[ScaledTensor, ScaledTensor]:
+    """``(cast(x, recipe, role), cast(x.T, recipe, role))`` for a 2-D ``x``:
+    the rowwise copy and the columnwise one (blocks along M) that a
+    grad-weight GEMM wants, from one read of ``x`` on CUDA where the recipe's
+    blocks are (1, B) FP8 (Float8BlockScaling, MXFP8BlockScaling); the same
+    bits as two casts everywhere."""
+    _check_recipe(recipe)
+    if role not in ROLES:
+        raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"x: expected a 2-D float tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    spec = recipe.spec(role)
+    if not rowcol_spec(spec):
+        raise ValueError(f"recipe: {recipe.name} blocks {spec.block} are not (1, B) FP8 blocks")
+    q, s, qt, st = quantize_rowcol_op(x, spec.to_key())
+    dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
+    block = block_for(spec.block, 2)
+
+    def wrap(qdata, scale, shape):
+        return ScaledTensor(qdata, scale, recipe=recipe, role=role, block=block, shape=shape, orig_dtype=dtype)
+
+    return wrap(q, s, tuple(x.shape)), wrap(qt, st, tuple(x.shape[::-1]))
+
+
+def rowcol_spec(spec) -> bool:
+    """Whether :func:`cast_with_transpose` takes ``spec``: (1, B) blocks of an
+    8-bit element, deterministic rounding."""
+    b = tuple(spec.block)
+    return spec.fmt.bits == 8 and len(b) == 2 and b[0] == 1 and b[1] >= 1 and not spec.stochastic
 
 
 def dequantize(st: ScaledTensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:

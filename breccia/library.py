@@ -16,7 +16,7 @@ import torch
 from .quantize import block_for, dequantize_reference, payload_shape, quantize_reference, scale_grid_shape
 from .recipes import QuantSpec
 
-__all__ = ["quantize_op", "dequantize_op"]
+__all__ = ["quantize_op", "quantize_rowcol_op", "dequantize_op"]
 
 
 def _empty(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -58,6 +58,35 @@ def _(x, spec, amax=None, noise=None, block_amax=None):
     gs = x.new_empty((), dtype=torch.float32) if s.has_global_scale else _empty(x, torch.float32)
     zp = x.new_empty(grid, dtype=torch.uint8) if s.has_zero_point else _empty(x, torch.uint8)
     return qdata, scale, gs, zp
+
+
+@torch.library.custom_op("breccia::quantize_rowcol", mutates_args=())
+def quantize_rowcol_op(x: torch.Tensor, spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """2-D ``x`` quantized by ``spec`` twice, as ``x`` and as ``x.T`` (blocks
+    along each one's last dim): ``(qdata, scale, qdata_t, scale_t)``. The
+    backward GEMMs of training want both; on CUDA one Triton pass reads ``x``
+    once for the two (FP8 and MXFP8 (1, B) blocks), bit-identical to two
+    reference casts."""
+    s = QuantSpec.from_key(spec)
+    if x.is_cuda:
+        from .kernels.triton import cuda_quantize_rowcol
+
+        out = cuda_quantize_rowcol(x, s)
+        if out is not None:
+            return out
+    rows = quantize_reference(x, s)
+    cols = quantize_reference(x.t(), s)
+    return rows.qdata, rows.scale, cols.qdata.contiguous(), cols.scale.contiguous()
+
+
+@quantize_rowcol_op.register_fake
+def _(x, spec):
+    s = QuantSpec.from_key(spec)
+    out = []
+    for shape in (tuple(x.shape), tuple(x.shape[::-1])):
+        out.append(x.new_empty(payload_shape(shape, s.fmt), dtype=s.fmt.storage))
+        out.append(x.new_empty(scale_grid_shape(shape, block_for(s.block, 2)), dtype=s.scale_torch_dtype))
+    return tuple(out)
 
 
 @torch.library.custom_op("breccia::dequantize", mutates_args=())

@@ -150,6 +150,13 @@ class Recipe:
 
     #: recipes whose ``spec("input")`` is None keep activations high precision
     weight_only: ClassVar[bool] = False
+    #: The forward GEMM (``"input"`` x ``"weight"``) of a tensorwise or
+    #: rowwise FP8 recipe accumulates in the tensor cores' own precision
+    #: (cuBLAS fast accumulation, TransformerEngine's and torchao's default for
+    #: the forward pass); gradient GEMMs always promote to fp32 as they go.
+    #: The FP8 recipes that ``torch._scaled_mm`` runs tensorwise/rowwise make
+    #: it a field; block-scaled GEMMs promote per block regardless.
+    fast_accum_forward: bool = False
 
     def spec(self, role: str) -> QuantSpec:
         if role not in ROLES:
@@ -182,15 +189,17 @@ class DelayedScaling(Recipe):
     of the history (``"max"``) or its newest entry (``"most_recent"``). The
     history buffers live with modules; :func:`scale_from_amax_history` is the
     rule. Without a history, ``cast`` uses the tensor's own amax (a history of
-    one)."""
+    one). ``fast_accum_forward``: see :attr:`Recipe.fast_accum_forward`."""
 
     fp8_format: str = "hybrid"
     margin: int = 0
     amax_history_len: int = 1024
     amax_compute_algo: str = "max"
+    fast_accum_forward: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("fp8_format", self.fp8_format, _FP8_FORMATS)
+        _check_bool("fast_accum_forward", self.fast_accum_forward)
         if not isinstance(self.margin, int) or isinstance(self.margin, bool):
             raise ValueError(f"margin: expected an int, got {self.margin!r}")
         if not isinstance(self.amax_history_len, int) or self.amax_history_len < 1:
@@ -217,16 +226,19 @@ class Float8CurrentScaling(Recipe):
 
     ``granularity="row"`` gives one scale per row (along the last dim) -- for
     the GEMM ``x @ w.T`` that is one per token and one per output channel.
-    ``power_of_2_scale`` rounds scales up to a power of two (exact rescaling)."""
+    ``power_of_2_scale`` rounds scales up to a power of two (exact rescaling).
+    ``fast_accum_forward``: see :attr:`Recipe.fast_accum_forward`."""
 
     fp8_format: str = "e4m3"
     granularity: str = "tensor"
     power_of_2_scale: bool = False
+    fast_accum_forward: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("fp8_format", self.fp8_format, _FP8_FORMATS)
         _check_choice("granularity", self.granularity, ("tensor", "row"))
         _check_bool("power_of_2_scale", self.power_of_2_scale)
+        _check_bool("fast_accum_forward", self.fast_accum_forward)
 
     def _spec(self, role: str) -> QuantSpec:
         block = (WHOLE, WHOLE) if self.granularity == "tensor" else (1, WHOLE)

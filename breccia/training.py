@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .api import cast, dequantize
+from .api import cast, cast_with_transpose, dequantize, rowcol_spec
 from .recipes import WHOLE, DelayedScaling, Recipe
 from .tensor import ScaledTensor
 
@@ -56,15 +56,26 @@ def _square_block(recipe: Recipe, role: str) -> bool:
     return len(b) == 2 and b[0] == b[1] and b[0] != WHOLE
 
 
-def _quantize_along(
-    t: torch.Tensor, recipe: Recipe, role: str, along: int, history: Optional[torch.Tensor] = None
-):
-    """2-D ``t`` quantized with its blocks along dim ``along`` (the reduction
-    dim of the GEMM it feeds); ``along=0`` quantizes ``t.t()`` and transposes
-    back (a view for FP8)."""
-    if along == 1 or _tensorwise(recipe, role):
-        return cast(t, recipe, role, amax_history=history)
-    return cast(t.t(), recipe, role, amax_history=history).t()
+def _cast_columnwise(t: torch.Tensor, recipe: Recipe, role: str) -> ScaledTensor:
+    """2-D ``t`` (R, C) quantized with its blocks along dim 0: the cast of
+    ``t.T``, transposed back (a view). The transpose is made contiguous here,
+    in traced code, so that under torch.compile Inductor writes it (fused
+    with ``t``'s producer where it can) rather than the quantizer copying a
+    strided input."""
+    return cast(t.t().contiguous(), recipe, role).t()
+
+
+def _cast_both(t: torch.Tensor, recipe: Recipe, role: str, history: Optional[torch.Tensor] = None):
+    """``t`` quantized along dim 1 (rowwise) and along dim 0 (the
+    grad-weight copy): one cast for tensorwise recipes, one fused pass for
+    (1, B) FP8 blocks, else two casts."""
+    if _tensorwise(recipe, role):
+        q = cast(t, recipe, role, amax_history=history)
+        return q, q
+    if history is None and rowcol_spec(recipe.spec(role)):
+        q, qt = cast_with_transpose(t, recipe, role)
+        return q, qt.t()
+    return cast(t, recipe, role, amax_history=history), _cast_columnwise(t, recipe, role)
 
 
 class _ScaledLinear(torch.autograd.Function):
@@ -74,7 +85,13 @@ class _ScaledLinear(torch.autograd.Function):
         delayed = hist_x is not None
         # a tensor-parallel input arrives quantized (all-gathered as payload + scales)
         x_given = isinstance(x2, ScaledTensor)
-        xq = x2 if x_given else cast(x2, recipe, "input", amax_history=hist_x)
+        if x_given:
+            xq = x2
+            # grad-weight reduces over tokens: x quantized along M (the
+            # tensorwise cast already serves both directions)
+            x_wgrad = xq if _tensorwise(recipe, "input") else _cast_columnwise(dequantize(x2), recipe, "input")
+        else:
+            xq, x_wgrad = _cast_both(x2, recipe, "input", hist_x)
         # under FSDP2 the weight arrives already quantized (the all-gather
         # moved payload and scales: breccia.distributed.fsdp)
         gathered = isinstance(weight, ScaledTensor)
@@ -82,12 +99,6 @@ class _ScaledLinear(torch.autograd.Function):
         # torch ops on ScaledTensors: the op table routes them (and traced
         # code reaches the same route through the dispatcher)
         y = torch.addmm(bias, xq, wq.t()) if bias is not None else torch.mm(xq, wq.t())
-        # grad-weight reduces over tokens: keep x quantized along M (a low
-        # precision copy; the tensorwise cast already serves both directions)
-        if _tensorwise(recipe, "input"):
-            x_wgrad = xq
-        else:
-            x_wgrad = cast((dequantize(x2) if x_given else x2).t(), recipe, "input").t()
         # grad-input reduces over N: tensorwise and square blocks serve both
         # directions; otherwise backward requantizes wq along N. (Always from
         # wq, never from the high-precision weight: under FSDP2 only wq exists,
@@ -114,14 +125,16 @@ class _ScaledLinear(torch.autograd.Function):
         hist_g = ctx.hist_g
         grad_x = grad_w = grad_b = None
         # dy is quantized along N for grad-input and along M for grad-weight
-        # (one cast serves both when the recipe is tensorwise)
-        gq = cast(g, recipe, "grad_output", amax_history=hist_g)
+        if ctx.needs_input_grad[1]:
+            gq, g_wgrad = _cast_both(g, recipe, "grad_output", hist_g)
+        else:
+            gq = cast(g, recipe, "grad_output", amax_history=hist_g)
         if ctx.needs_input_grad[0]:
-            w_dgrad = wq if ctx.w_dgrad_ready else _quantize_along(dequantize(wq), recipe, "weight", along=0)
+            w_dgrad = wq if ctx.w_dgrad_ready else _cast_columnwise(dequantize(wq), recipe, "weight")
             grad_x = torch.mm(gq, w_dgrad).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            g_t = gq.t() if _tensorwise(recipe, "grad_output") else cast(g.t(), recipe, "grad_output")
-            grad_w = torch.mm(g_t.to(ctx.weight_dtype), x_wgrad)  # accumulate in the weight's dtype
+            # (M, N) along M, transposed: the (N, M) operand blocked along M
+            grad_w = torch.mm(g_wgrad.t().to(ctx.weight_dtype), x_wgrad)  # accumulate in the weight's dtype
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0).to(grad_out.dtype)
         if hist_g is not None:

@@ -157,6 +157,65 @@ def test_hybrid_gradients_are_e5m2(monkeypatch):
     assert all(dt == torch.float8_e5m2 for role, dt in seen if role == "grad_output")
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_forward_gemm_fast_accumulated_gradients_not(fast, granularity, monkeypatch):
+    """``fast_accum_forward``: the forward GEMM asks ``_scaled_mm`` for fast
+    accumulation (TE's and torchao's forward default), grad-input and
+    grad-weight never do."""
+    seen = []
+    real = torch._scaled_mm
+
+    def spy(*args, use_fast_accum=False, **kw):
+        seen.append(use_fast_accum)
+        return real(*args, use_fast_accum=use_fast_accum, **kw)
+
+    monkeypatch.setattr(torch, "_scaled_mm", spy)
+    recipe = breccia.Float8CurrentScaling(granularity=granularity, fast_accum_forward=fast)
+    model = breccia.convert(nn.Linear(64, 32, bias=False), recipe, mode="training")
+    x = randn(16, 64).requires_grad_()
+    model(x).sum().backward()
+    assert seen == [fast, False, False]  # forward, then grad-input and grad-weight
+    seen.clear()
+    inference = breccia.convert(nn.Linear(64, 32, bias=False), recipe)
+    inference(randn(16, 64))
+    assert seen == [fast]
+    with pytest.raises(ValueError, match="fast_accum_forward"):
+        breccia.Float8CurrentScaling(fast_accum_forward=1)
+
+
+@pytest.mark.parametrize("name", ["fp8_block", "mxfp8"])
+def test_training_casts_both_directions_in_one_pass(name, monkeypatch):
+    """(1, B) block recipes quantize x and dy rowwise and columnwise through
+    one ``cast_with_transpose`` each (one read on CUDA), with the bits of two
+    casts."""
+    calls = []
+    real = breccia.training.cast_with_transpose
+
+    def spy(t, recipe, role):
+        q, qt = real(t, recipe, role)
+        ref_q, ref_qt = breccia.cast(t, recipe, role), breccia.cast(t.t(), recipe, role)
+        assert torch.equal(q.qdata.view(torch.uint8), ref_q.qdata.view(torch.uint8))
+        assert torch.equal(qt.qdata.view(torch.uint8), ref_qt.qdata.view(torch.uint8))
+        assert torch.equal(qt.scale.view(torch.uint8), ref_qt.scale.view(torch.uint8))
+        calls.append(role)
+        return q, qt
+
+    monkeypatch.setattr(breccia.training, "cast_with_transpose", spy)
+    model = breccia.convert(nn.Linear(256, 128, bias=False), RECIPES[name], mode="training")
+    model(randn(64, 256).requires_grad_()).sum().backward()
+    assert calls == ["input", "grad_output"]
+
+
+def test_cast_with_transpose_rejects_other_recipes():
+    with pytest.raises(ValueError, match="recipe"):
+        breccia.api.cast_with_transpose(randn(8, 32), breccia.Float8CurrentScaling(granularity="row"), "input")
+    with pytest.raises(ValueError, match="x: expected a 2-D"):
+        breccia.api.cast_with_transpose(randn(2, 8, 32), RECIPES["fp8_block"], "input")
+    with pytest.raises(ValueError, match="role"):
+        breccia.api.cast_with_transpose(randn(8, 32), RECIPES["fp8_block"], "bias")
+
+
 def test_activations_saved_in_low_precision():
     """The memory win: what autograd keeps for backward, in bytes."""
 

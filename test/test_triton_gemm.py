@@ -58,6 +58,32 @@ def test_blockwise_kernel_matches_reference(m, n, k):
     assert rel_err(out, deq(a) @ deq(b)) < 1e-3
 
 
+def wgrad_operands(m, n, k, seed=0):
+    """``a`` (M, K) in 1x128 blocks and ``b`` (K, N) in 128x1 blocks: the
+    grad-weight pair ``dy^T x`` of blockwise training (both blocked along the
+    reduction dim, the tokens)."""
+    g = randn(k, m, seed=seed)  # dy (tokens, out)
+    x = randn(k, n, seed=seed + 1)  # x (tokens, in)
+    a = breccia.cast(g.t().contiguous(), BLOCK, "grad_output")
+    b = breccia.cast(x.t().contiguous(), BLOCK, "input").t()
+    assert a.block == (1, 128) and b.block == (128, 1)
+    return a, b
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_blockwise_kernel_per_column_scales(m, n, k):
+    """scale_n=1: the weight operand blocked 128x1 (one scale per column per
+    128 of K)."""
+    a, b = wgrad_operands(m, n, k)
+    assert b.scale.shape == (-(-k // 128), n)
+    out = blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, torch.float32, scale_n=1)
+    assert rel_err(out, deq(a) @ deq(b)) < 1e-3
+    with pytest.raises(ValueError, match="expected scales"):
+        blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, torch.float32)  # 128x128 grid expected
+    with pytest.raises(ValueError, match="scale_n"):
+        blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, torch.float32, scale_n=64)
+
+
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_mx_kernel_matches_reference(m, n, k):
     a, b = operands(MX, m, n, k)
@@ -277,6 +303,40 @@ def test_cublas_blockwise_route_layout(m, k, gpu, monkeypatch):
     out = cuda_routes.run_blockwise_cublas(a, b, None, torch.bfloat16)  # small M too: the padding
     assert out.shape == (m, 256)
     assert rel_err(out, deq(a) @ deq(b)) < 1e-2
+
+
+def _emulate_outer_blockwise(qa, qb, sa, sb, bias=None, out_dtype=None, **_):
+    """torch 2.11's ``_scaled_mm`` 1x128 x 1x128 contract (is_blockwise_1x128
+    for both operands): scale_a (M, K/128) outer-dim-major, scale_b (K/128, N)
+    row-major, the grid of the (N, K) operand in its outer-dim-major form."""
+    m, k = qa.shape
+    n = qb.shape[1]
+    assert qa.stride(1) == 1 and qb.stride(0) == 1, "row-major a, column-major b"
+    assert k % 128 == 0 and m % 4 == 0 and n % 4 == 0
+    assert tuple(sa.shape) == (m, k // 128) and sa.stride(0) == 1 and (k == 128 or sa.stride(1) == m)
+    assert tuple(sb.shape) == (k // 128, n) and sb.stride(1) == 1 and (k == 128 or sb.stride(0) == n)
+    out = (qa.float() * sa.repeat_interleave(128, 1)) @ (qb.float() * sb.repeat_interleave(128, 0))
+    return (out if bias is None else out + bias.float()).to(out_dtype)
+
+
+@pytest.mark.parametrize("m", [3, 21, 64])
+@pytest.mark.parametrize("n,k", [(256, 384), (48, 128)])
+def test_cublas_wgrad_route_layout(m, n, k, gpu, monkeypatch):
+    """1x128 x 128x1 goes to cuBLAS's 1x128 x 1x128 on sm90 (M padded to 4,
+    scales in its layout) and the product matches the reference; ragged K or N
+    goes to the Triton kernel."""
+    gpu((9, 0))
+    monkeypatch.setattr(torch, "_scaled_mm", _emulate_outer_blockwise)
+    a, b = wgrad_operands(m, n, k)
+    want = "fp8_blockwise_scaled_mm" if m >= cuda_routes.CUBLAS_BLOCKWISE_MIN_M else "fp8_blockwise_triton"
+    assert route_for(a, b).name == want
+    out = cuda_routes.run_blockwise_cublas(a, b, None, torch.bfloat16)
+    assert out.shape == (m, n)
+    assert rel_err(out, deq(a) @ deq(b)) < 1e-2
+    out = route_for(a, b).run(a, b, None, torch.float32)
+    assert rel_err(out, deq(a) @ deq(b)) < 1e-2
+    assert route_for(*wgrad_operands(64, n, k + 40)).name == "fp8_blockwise_triton"
+    assert route_for(*wgrad_operands(64, 40, k)).name == "fp8_blockwise_triton"
 
 
 def test_cublas_blockwise_scales_zero_copy():

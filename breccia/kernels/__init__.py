@@ -6,9 +6,11 @@ from this table:
 
 | operands                              | route                                               |
 | ------------------------------------- | --------------------------------------------------- |
-| FP8 x FP8, tensorwise or rowwise      | ``torch._scaled_mm`` (CPU and CUDA sm89+)           |
+| FP8 x FP8, tensorwise or rowwise      | ``torch._scaled_mm`` (CPU and CUDA sm89+); forward  |
+|                                       | GEMM fast-accumulated (``fast_accum_forward``)      |
 | FP8 1x128 x 128x128 (block scaling)   | ``_scaled_mm`` blockwise, sm90, K%512, N%128, M>16  |
-| FP8 1x128 x 128x128, anything else    | Triton block-scaled GEMM (CUDA sm89+)               |
+| FP8 1x128 x 128x1 (grad-weight)       | ``_scaled_mm`` 1x128 x 1x128, sm90, K%128, N%16, M>16 |
+| FP8 1x128 x 128x128 or 128x1, the rest | Triton block-scaled GEMM (CUDA sm89+)              |
 | MXFP8 x MXFP8                         | ``torch._scaled_mm``, Swizzled scales (sm100+)      |
 | MXFP8 x MXFP8, sm89/sm90              | Triton MXFP8 GEMM (FP8 dots + fold, or bf16 dots)   |
 | bf16/fp16 x INT4, or x NVFP4 Packed   | Triton W4A16, dequant in registers, split-K (sm80+) |
@@ -88,7 +90,10 @@ def _run_fp8_scaled_mm(a: ScaledTensor, b: ScaledTensor, bias, out_dtype):
     else:
         sa, sb = sa.reshape(()), sb.reshape(())
     fuse_bias = bias is not None and bias.dtype == out_dtype and out_dtype != torch.float32
-    out = torch._scaled_mm(qa, qb, sa, sb, bias=bias if fuse_bias else None, out_dtype=out_dtype)
+    fast = a.recipe.fast_accum_forward and a.role == "input" and b.role == "weight"
+    out = torch._scaled_mm(
+        qa, qb, sa, sb, bias=bias if fuse_bias else None, out_dtype=out_dtype, use_fast_accum=fast
+    )
     if bias is not None and not fuse_bias:
         out = (out.float() + bias.float()).to(out_dtype)
     return out

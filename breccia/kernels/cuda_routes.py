@@ -8,6 +8,7 @@ ScaledTensors; :mod:`breccia.kernels` lists them in its ROUTES table.
 | operands | route | where |
 | --- | --- | --- |
 | FP8 1x128 x 128x128 | ``torch._scaled_mm`` blockwise (cuBLAS) | sm90, K % 512 == 0, N % 128 == 0, M > 16 |
+| FP8 1x128 x 128x1 (grad-weight) | same (cuBLAS 1x128 x 1x128) | sm90, K % 128 == 0, N % 16 == 0, M > 16 |
 | same | Triton block-scaled GEMM (:mod:`.triton.gemm_blockwise`) | sm89+, any shape |
 | MXFP8 (e8m0, 1x32) | ``torch._scaled_mm`` with Swizzled scales | sm100+, K multiple of 32, N of 16 |
 | same | Triton MXFP8 GEMM: FP8 dots + scale fold, or bf16 dots (:mod:`.triton.gemm_mx`) | sm89+, any shape |
@@ -43,6 +44,7 @@ __all__ = [
     "mx_triton_applies",
     "run_mx_triton",
     "cublas_blockwise_scales",
+    "cublas_outer_blockwise_scales",
     "cublas_mx_scales",
 ]
 
@@ -78,18 +80,24 @@ def _round_up(n: int, m: int) -> int:
 
 
 def _blockwise_pair(a: ScaledTensor, b: ScaledTensor) -> bool:
-    """FP8 activations in 1x128 blocks times an FP8 (K, N) weight in 128x128
-    blocks, both with fp32 scale grids."""
+    """FP8 ``a`` (M, K) in 1x128 blocks times an FP8 (K, N) ``b`` in 128x128
+    blocks (a weight: forward, grad-input) or 128x1 blocks (blocked along K
+    too: grad-weight ``dy^T x``), both with fp32 scale grids."""
     sa, sb = a.spec, b.spec
     return (
         sa.element in _FP8
         and sb.element in _FP8
         and sa.scale_format == sb.scale_format == "fp32"
         and a.block == (1, _BLOCK)
-        and b.block == (_BLOCK, _BLOCK)
+        and b.block in ((_BLOCK, _BLOCK), (_BLOCK, 1))
         and a.qlayout in (Plain, ScaleColumnMajor)
         and b.qlayout in (Plain, ScaleColumnMajor)
     )
+
+
+def _scale_n(b: ScaledTensor) -> int:
+    """Columns of ``b`` per scale: 128 (128x128 blocks) or 1 (128x1)."""
+    return b.block[1]
 
 
 def _mx_pair(a: ScaledTensor, b: ScaledTensor) -> bool:
@@ -113,16 +121,23 @@ def _both_e5m2(a: ScaledTensor, b: ScaledTensor) -> bool:
 
 
 def blockwise_cublas_applies(a: ScaledTensor, b: ScaledTensor) -> bool:
-    """cuBLAS blockwise (torch ``_scaled_mm``) is Hopper-only. N must be whole
-    128 blocks and K whole 512s: torch 2.11 checks the weight scale's leading
-    dimension to be exactly K/128, while cuBLAS reads it as roundup(K/128, 4)
-    (wrong results otherwise, benchmarks/results/gemm-gpu-check-h100.md). M
-    from CUBLAS_BLOCKWISE_MIN_M up: the runner pads rows to a multiple of 4."""
+    """cuBLAS blockwise (torch ``_scaled_mm``) is Hopper-only. With 128x128
+    weight blocks N must be whole 128 blocks and K whole 512s: torch 2.11
+    checks the weight scale's leading dimension to be exactly K/128, while
+    cuBLAS reads it as roundup(K/128, 4) (wrong results otherwise,
+    benchmarks/results/gemm-gpu-check-h100.md). With 128x1 blocks (1x128 x
+    1x128 in cuBLAS's terms) K must be whole 128 blocks and N a multiple of 4
+    (the (K/128, N) scale grid's rows 16-byte aligned). M from
+    CUBLAS_BLOCKWISE_MIN_M up: the runner pads rows to a multiple of 4."""
     cap = capability(a.device)
     if cap is None or cap[0] != 9 or not _blockwise_pair(a, b) or _both_e5m2(a, b):
         return False
     m, k, n = a.shape[0], a.shape[1], b.shape[1]
-    return k % (4 * _BLOCK) == 0 and n % _BLOCK == 0 and m >= CUBLAS_BLOCKWISE_MIN_M
+    if m < CUBLAS_BLOCKWISE_MIN_M:
+        return False
+    if _scale_n(b) == 1:
+        return k % _BLOCK == 0 and n % 16 == 0
+    return k % (4 * _BLOCK) == 0 and n % _BLOCK == 0
 
 
 def _zeros(rows: int, cols: int, like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -161,17 +176,31 @@ def cublas_blockwise_scales(
     strides (1, K/128): the transposed Plain weight's own grid, so no copy
     (with K/128 a multiple of 4 this is also the weight's ScaleColumnMajor
     form, 16-byte aligned). Already-right tensors pass through uncopied."""
-    m, kb = a_scale.shape
-    if m_pad == m and (m <= 1 or a_scale.stride(0) == 1) and (kb <= 1 or a_scale.stride(1) == m):
-        sa = a_scale
-    else:
-        sa = _pad_cols_t(a_scale, m_pad)
+    sa = _cublas_a_scale(a_scale, m_pad)
     kb, nb = b_scale.shape
     if b_scale.stride(0) == 1 and (nb <= 1 or b_scale.stride(1) == kb):
         sb = b_scale
     else:
         sb = b_scale.t().contiguous().t()
     return sa, sb
+
+
+def cublas_outer_blockwise_scales(
+    a_scale: torch.Tensor, b_scale: torch.Tensor, m_pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scales ``torch._scaled_mm`` takes for 1x128 x 1x128 on sm90 (``b``
+    (K, N) in 128x1 blocks): ``a_scale`` as in :func:`cublas_blockwise_scales`;
+    ``b_scale`` (K/128, N) row-major (the outer-dim-major grid of the (N, K)
+    operand that ``b`` transposes)."""
+    return _cublas_a_scale(a_scale, m_pad), b_scale.contiguous()
+
+
+def _cublas_a_scale(a_scale: torch.Tensor, m_pad: int) -> torch.Tensor:
+    """``a_scale`` (M, K/128) -> (m_pad, K/128) with strides (1, m_pad)."""
+    m, kb = a_scale.shape
+    if m_pad == m and (m <= 1 or a_scale.stride(0) == 1) and (kb <= 1 or a_scale.stride(1) == m):
+        return a_scale
+    return _pad_cols_t(a_scale, m_pad)
 
 
 def _pad_cols_t(grid: torch.Tensor, rows_pad: int) -> torch.Tensor:
@@ -204,7 +233,8 @@ def run_blockwise_cublas(a: ScaledTensor, b: ScaledTensor, bias, out_dtype: torc
     qa = a.qdata if a.qdata.stride(1) == 1 else a.qdata.contiguous()
     if m_pad != m:
         qa = _pad_rows(qa.view(torch.uint8), m_pad).view(qa.dtype)
-    sa, sb = cublas_blockwise_scales(a.scale, b.scale, m_pad)
+    scales = cublas_outer_blockwise_scales if _scale_n(b) == 1 else cublas_blockwise_scales
+    sa, sb = scales(a.scale, b.scale, m_pad)
     # cuBLAS fuses a bias of the output's dtype (bf16/fp16; not with fp32 out)
     fuse = bias is not None and bias.dtype == out_dtype and out_dtype != torch.float32
     out = torch._scaled_mm(qa, _k_major(b.qdata), sa, sb, bias=bias if fuse else None, out_dtype=out_dtype)
@@ -229,20 +259,21 @@ def fp8_blockwise_mm(
     sb: torch.Tensor,
     bias: Optional[torch.Tensor],
     out_dtype: torch.dtype,
+    scale_n: int = _BLOCK,
 ) -> torch.Tensor:
     """The Triton block-scaled GEMM (:func:`.triton.gemm_blockwise.blockwise_mm`)."""
     from .triton.gemm_blockwise import blockwise_mm
 
-    return blockwise_mm(qa, sa, qb, sb, out_dtype, bias)
+    return blockwise_mm(qa, sa, qb, sb, out_dtype, bias, scale_n=scale_n)
 
 
 @fp8_blockwise_mm.register_fake
-def _(qa, sa, qb, sb, bias, out_dtype):
+def _(qa, sa, qb, sb, bias, out_dtype, scale_n=_BLOCK):
     return qa.new_empty((qa.shape[0], qb.shape[1]), dtype=out_dtype)
 
 
 def run_blockwise_triton(a: ScaledTensor, b: ScaledTensor, bias, out_dtype: torch.dtype) -> torch.Tensor:
-    return fp8_blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, bias, out_dtype)
+    return fp8_blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, bias, out_dtype, _scale_n(b))
 
 
 # --------------------------------------------------------------------------- MXFP8, cuBLAS (sm100)

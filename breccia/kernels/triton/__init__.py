@@ -1,7 +1,8 @@
 """Triton kernels (optional: they need the ``triton`` package).
 
 :func:`cuda_quantize` is ``breccia::quantize``'s CUDA route: the Triton
-quantizer where it takes the spec, ``None`` (use the reference) elsewhere.
+quantizer where it takes the spec, ``None`` (use the reference) elsewhere;
+:func:`cuda_quantize_rowcol` likewise for ``breccia::quantize_rowcol``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - triton is an optional dependency
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "cuda_quantize"]
+__all__ = ["HAS_TRITON", "cuda_quantize", "cuda_quantize_rowcol"]
 
 
 def cuda_quantize(
@@ -37,3 +38,17 @@ def cuda_quantize(
     if not supports(x, spec, amax, noise, block_amax):
         return None
     return quantize_tuple(x, spec, amax, noise, block_amax)
+
+
+def cuda_quantize_rowcol(x: torch.Tensor, spec) -> Optional[tuple]:
+    """``(qdata, scale, qdata_t, scale_t)`` of ``x`` and of ``x.T`` from one
+    Triton pass over a CUDA ``x``, or ``None`` where the kernel does not take
+    ``x`` / ``spec``."""
+    if not (HAS_TRITON and x.is_cuda):
+        return None
+    from .quantize import quantize_rowwise_and_columnwise, supports_rowcol
+
+    if not supports_rowcol(x, spec):
+        return None
+    rows, cols = quantize_rowwise_and_columnwise(x, spec)
+    return rows.qdata, rows.scale, cols.qdata, cols.scale

@@ -1,11 +1,15 @@
-"""FP8 GEMM with DeepSeek-style block scales: 1x128 activations x 128x128 weights.
+"""FP8 GEMM with DeepSeek-style block scales: 1x128 activations x 128x128
+weights (forward, grad-input), or x 128x1 blocks (grad-weight).
 
 ``out = (qa * sa) @ (qb * sb)``: ``qa`` (M, K) FP8 with one fp32 scale per row
-per 128 along K, ``qb`` (K, N) FP8 with one fp32 scale per 128x128 block. The
+per 128 along K, ``qb`` (K, N) FP8 with one fp32 scale per 128x128 block, or
+per column per 128 along K (``scale_n=1``: both operands blocked along the
+reduction dim, as grad-weight ``dy^T x`` is in blockwise training). The
 kernel runs one ``tl.dot`` per 128-wide K step into a fresh fp32 tile and
-folds it into the accumulator with that step's scales. With a tile at most
-128 wide in N, the weight's scale is one number per step, so the fold is one
-FMA per output element per 128 of K (``acc += p * (sa * sb)[:, None]``).
+folds it into the accumulator with that step's scales. With 128x128 weight
+blocks and a tile at most 128 wide in N, the weight's scale is one number per
+step, so the fold is one FMA per output element per 128 of K (``acc += p *
+(sa * sb)[:, None]``); per-column scales cost an outer product more.
 
 This is the fallback for what cuBLAS refuses (``torch._scaled_mm`` blockwise
 wants sm90, K a multiple of 512 and N of 128): any M, N, K, any strides,
@@ -318,14 +322,16 @@ def _blockwise_tma_kernel(
 # --------------------------------------------------------------------------- launcher
 
 
-def _check(qa, sa, qb, sb) -> tuple[int, int, int]:
+def _check(qa, sa, qb, sb, scale_n: int) -> tuple[int, int, int]:
+    if scale_n not in (SCALE_BLOCK, 1):
+        raise ValueError(f"blockwise_mm: scale_n must be {SCALE_BLOCK} or 1, got {scale_n!r}")
     if qa.dim() != 2 or qb.dim() != 2 or qa.shape[1] != qb.shape[0]:
         raise ValueError(
             f"blockwise_mm: expected qa (M, K) and qb (K, N), got {tuple(qa.shape)} and {tuple(qb.shape)}"
         )
     m, k = qa.shape
     n = qb.shape[1]
-    kb, nb = triton.cdiv(k, SCALE_BLOCK), triton.cdiv(n, SCALE_BLOCK)
+    kb, nb = triton.cdiv(k, SCALE_BLOCK), triton.cdiv(n, scale_n)
     if tuple(sa.shape) != (m, kb) or tuple(sb.shape) != (kb, nb):
         raise ValueError(
             f"blockwise_mm: expected scales sa {(m, kb)} and sb {(kb, nb)} for M, N, K = {m}, {n}, {k}, "
@@ -376,15 +382,17 @@ def blockwise_mm(
     out_dtype: torch.dtype = torch.bfloat16,
     bias: Optional[torch.Tensor] = None,
     config: Optional[Config] = None,
+    scale_n: int = SCALE_BLOCK,
 ) -> torch.Tensor:
     """``(qa * sa) @ (qb * sb) (+ bias)`` as ``out_dtype``.
 
     ``qa`` (M, K) and ``qb`` (K, N) FP8 (e4m3/e5m2), any strides (K-contiguous
     for both, 16-byte aligned rows, enables the TMA variants); ``sa`` (M,
-    ceil(K/128)) and ``sb`` (ceil(K/128), ceil(N/128)) fp32 dequantization
-    scales, any strides. ``config`` forces a tile config (benchmarks, tests);
-    otherwise the tuner picks one."""
-    m, n, k = _check(qa, sa, qb, sb)
+    ceil(K/128)) and ``sb`` (ceil(K/128), ceil(N/scale_n)) fp32
+    dequantization scales, any strides: ``scale_n`` 128 for 128x128 weight
+    blocks, 1 for 128x1 blocks. ``config`` forces a tile config (benchmarks,
+    tests); otherwise the tuner picks one."""
+    m, n, k = _check(qa, sa, qb, sb, scale_n)
     done = _empty_product(m, n, k, torch.empty((m, n), dtype=out_dtype, device=qa.device), bias)
     if done is not None:
         return done
@@ -397,8 +405,8 @@ def blockwise_mm(
         bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
         o, split = split_k_output(m, n, c.split_k, out_dtype, qa.device)
         grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn), split)
-        common = dict(HAS_BIAS=bias is not None and split == 1, SCALAR_SB=SCALE_BLOCK % bn == 0, GROUP_M=8,
-                      SCALE_K=SCALE_BLOCK, SCALE_N=SCALE_BLOCK, **meta)  # fmt: skip
+        common = dict(HAS_BIAS=bias is not None and split == 1, SCALAR_SB=scale_n % bn == 0, GROUP_M=8,
+                      SCALE_K=SCALE_BLOCK, SCALE_N=scale_n, **meta)  # fmt: skip
         if c.variant == 0:
             _blockwise_kernel[grid](
                 qa, qb, o, sa, sb, bias_arg, m, n, k,
@@ -418,6 +426,6 @@ def blockwise_mm(
         return o
 
     if config is None:
-        key = ("blockwise", m_bucket(m), n, k, qa.dtype, qb.dtype, out_dtype, use_tma, qa.device)
+        key = ("blockwise", scale_n, m_bucket(m), n, k, qa.dtype, qb.dtype, out_dtype, use_tma, qa.device)
         config = _TUNER.pick(key, _candidates(m, n, k, use_tma), launch)
     return launch(config)

@@ -1,0 +1,81 @@
+"""Where the GPU time of a benchmarked step goes: the top CUDA kernels of the
+training step (bench_training.py) and of the dynamic-activation linear
+(bench_linear_dynamic.py), per variant, from ``torch.profiler``.
+
+    python benchmarks/profile_step.py                      # every variant of both
+    python benchmarks/profile_step.py --training "breccia rowwise" --linear none
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_linear_dynamic  # noqa: E402
+import bench_training  # noqa: E402
+
+
+def top_kernels(fn, steps: int, rows: int) -> str:
+    """The ``rows`` CUDA kernels with the most total time over ``steps`` calls
+    of ``fn`` (after a warm-up), per step."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.device_time_total for e in events) / steps / 1e3
+    lines = [f"  GPU time per step {total:.3f} ms (kernels summed)"]
+    for e in events[:rows]:
+        lines.append(f"  {e.device_time_total / steps / 1e3:8.3f} ms  x{e.count // steps:<3d} {e.key[:110]}")
+    return "\n".join(lines)
+
+
+def selected(all_variants: dict, names) -> dict:
+    if names is None:
+        return all_variants
+    if names == ["none"]:
+        return {}
+    return {n: all_variants[n] for n in names}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--training", nargs="*", default=None, help="training variants (default all; 'none')")
+    p.add_argument("--linear", nargs="*", default=None, help="linear variants (default all; 'none')")
+    p.add_argument("--rows", type=int, default=18)
+    p.add_argument("--steps", type=int, default=3)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+
+    d, h, tokens = 4096, 14336, 16384
+    for name, make in selected(bench_training.variants(), args.training).items():
+        torch._dynamo.reset()
+        model = torch.compile(make(bench_training.ffn(d, h, device)))
+        x = torch.randn(tokens, d, device=device, dtype=torch.bfloat16, requires_grad=True)
+        g = torch.randn(tokens, d, device=device, dtype=torch.bfloat16)
+        print(f"training: {name}", flush=True)
+        print(top_kernels(lambda: model(x).backward(g), args.steps, args.rows), flush=True)
+
+    m, k, n = 16384, 4096, 14336
+    torch.manual_seed(0)
+    base = torch.nn.Linear(k, n, bias=False).to(device, torch.bfloat16)
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    for name, make in selected(bench_linear_dynamic.variants(), args.linear).items():
+        torch._dynamo.reset()
+        model = torch.compile(make(copy.deepcopy(base)))
+        print(f"linear: {name}", flush=True)
+        with torch.no_grad():
+            print(top_kernels(lambda: model(x), args.steps, args.rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
