@@ -280,7 +280,7 @@ def test_long_rows_loop(monkeypatch):
     (breccia.MXFP8BlockScaling(), "input"),
     (breccia.MXFP8BlockScaling(scale_rule="rceil", fp8_format="e5m2"), "input"),
 ], ids=["1x128", "1x128_pow2_e5m2", "mx_floor", "mx_rceil_e5m2"])
-@pytest.mark.parametrize("impl", [2, 3], ids=["2d_tile", "3d_tile"])
+@pytest.mark.parametrize("impl", [2, 3, 4], ids=["2d_tile", "3d_tile", "two_pass"])
 def test_rowwise_and_columnwise(recipe, role, impl):
     spec = recipe.spec(role)
     x = _edge(150, 200).bfloat16()

@@ -322,10 +322,12 @@ def quant_rowcol2d_kernel(
     x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, M, K, n_sk, n_rb,
     B: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
     FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, TARGET: tl.constexpr,
-    EMAX: tl.constexpr, INV_MAX: tl.constexpr, NATIVE: tl.constexpr,
+    EMAX: tl.constexpr, INV_MAX: tl.constexpr, NATIVE: tl.constexpr, ROWS: tl.constexpr = True,
 ):
     """:func:`quant_rowcol_kernel` on a 2-D (B, W) tile (W a multiple of B):
-    simpler layouts for Triton, and the transposed store is one ``tl.trans``."""
+    simpler layouts for Triton, and the transposed store is one ``tl.trans``.
+    ``ROWS=False`` writes the columnwise copy only (the rowwise one comes
+    from the block kernel: two lighter passes instead of one heavy one)."""
     pid_r = tl.program_id(0)
     rows = pid_r * B + tl.arange(0, B)
     row_ok = rows < M
@@ -343,6 +345,8 @@ def quant_rowcol2d_kernel(
     tl.store(qt_ptr + cols.to(tl.int64)[:, None] * M + rows[None, :], tl.trans(qc),
              mask=col_ok[:, None] & row_ok[None, :])
 
+    if not ROWS:
+        return
     if W == B:
         s, f = _fp8_scale(tl.max(bits, axis=1).to(tl.float32, bitcast=True), MODE, FMAX, MARGIN_MUL, TARGET, EMAX,
                           INV_MAX)
