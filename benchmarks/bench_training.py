@@ -66,13 +66,23 @@ def measure(make, d, h, tokens, device, bench):
 
     for _ in range(3):  # compile and warm up
         step()
+    saved = float("nan")
     if device.type == "cuda":
+        torch.cuda.synchronize()
+        # activation memory: what the forward leaves allocated for backward
+        # (the output itself not counted)
+        before = torch.cuda.memory_allocated()
+        y = step_model(x)
+        torch.cuda.synchronize()
+        saved = (torch.cuda.memory_allocated() - before - y.numel() * y.element_size()) / 2**20
+        y.backward(g)
+        del y
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     ms = bench(step)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else float("nan")
-    return ms, peak
+    return ms, peak, saved
 
 
 def main(argv=None):
@@ -103,11 +113,11 @@ def main(argv=None):
     rows = []
     for name, make in variants().items():
         try:
-            ms, peak = measure(make, d, h, tokens, device, bench)
-            rows.append((name, ms, peak))
-            print(f"{name:30s} {ms:9.3f} ms   peak {peak:9.1f} MiB", flush=True)
+            ms, peak, saved = measure(make, d, h, tokens, device, bench)
+            rows.append((name, ms, peak, saved))
+            print(f"{name:30s} {ms:9.3f} ms   peak {peak:9.1f} MiB   saved {saved:9.1f} MiB", flush=True)
         except Exception as e:
-            rows.append((name, float("nan"), float("nan")))
+            rows.append((name, float("nan"), float("nan"), float("nan")))
             print(f"{name:30s} FAILED: {type(e).__name__}: {e}", flush=True)
 
     base = rows[0][1]
@@ -118,11 +128,11 @@ def main(argv=None):
         f"_{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · {dev_name} · torch {torch.__version__} · "
         f"triton {tri}_",
         "",
-        "| what | ms | TFLOP/s | vs bf16 | peak memory over inputs (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| what | ms | TFLOP/s | vs bf16 | activations saved for backward (MiB) | peak memory over inputs (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, ms, peak in rows:
-        lines.append(f"| {name} | {ms:.3f} | {flops / ms / 1e9:.0f} | {base / ms:.2f}x | {peak:.0f} |")
+    for name, ms, peak, saved in rows:
+        lines.append(f"| {name} | {ms:.3f} | {flops / ms / 1e9:.0f} | {base / ms:.2f}x | {saved:.0f} | {peak:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     tag = "h100" if "H100" in dev_name else ("cpu" if device.type == "cpu" else "gpu")
