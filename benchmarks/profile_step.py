@@ -23,17 +23,28 @@ import bench_training  # noqa: E402
 def top_kernels(fn, steps: int, rows: int) -> str:
     """The ``rows`` CUDA kernels with the most total time over ``steps`` calls
     of ``fn`` (after a warm-up), per step."""
+    import time
+
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / steps * 1e3
+    acts = [torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=acts) as prof:
         for _ in range(steps):
             fn()
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    averages = prof.key_averages()
+    events = [e for e in averages if e.device_time_total > 0 and e.device_type == torch.autograd.DeviceType.CUDA]
     events.sort(key=lambda e: e.device_time_total, reverse=True)
     total = sum(e.device_time_total for e in events) / steps / 1e3
-    lines = [f"  GPU time per step {total:.3f} ms (kernels summed)"]
+    runtime = {e.key: e.count // steps for e in averages if e.key.startswith("cuda") and "Sync" in e.key or
+               e.key in ("cudaMalloc", "cudaFree", "cudaMemcpyAsync", "cudaStreamSynchronize")}
+    lines = [f"  GPU time per step {total:.3f} ms (kernels summed), wall {wall:.3f} ms; per step: {runtime}"]
     for e in events[:rows]:
         lines.append(f"  {e.device_time_total / steps / 1e3:8.3f} ms  x{e.count // steps:<3d} {e.key[:110]}")
     return "\n".join(lines)

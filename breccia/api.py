@@ -10,7 +10,7 @@ from .formats import rounding_noise
 from .layouts import Plain
 from .library import dequantize_op, quantize_op, quantize_rowcol_op
 from .quantize import block_for
-from .recipes import ROLES, WHOLE, DelayedScaling, Recipe
+from .recipes import ROLES, DelayedScaling, Recipe
 from .tensor import ScaledTensor
 
 __all__ = ["cast", "cast_with_transpose", "dequantize", "requantize", "as_tensor"]
@@ -78,11 +78,6 @@ def cast(
         if amax is not None:
             raise ValueError("amax: give either amax_history or amax, not both")
         amax = recipe.history_amax(amax_history)
-    elif amax is None and block_amax is None and _whole_tensor_fp8(spec) and x.numel() > 0:
-        # the tensor's amax in traced code: under torch.compile Inductor fuses
-        # this reduction into x's producer instead of the quantizer re-reading
-        # x for it (max is exact in any order, so the bits do not change)
-        amax = torch.linalg.vector_norm(x, ord=float("inf")).to(torch.float32)
     noise = rounding_noise(x.shape, x.device, generator) if spec.stochastic else None
     qdata, scale, gs, zp = quantize_op(x, spec.to_key(), amax, noise, block_amax)
     return ScaledTensor(
@@ -96,10 +91,6 @@ def cast(
         shape=tuple(x.shape),
         orig_dtype=torch.float32 if x.dtype == torch.float64 else x.dtype,
     )
-
-
-def _whole_tensor_fp8(spec) -> bool:
-    return spec.fmt.bits == 8 and spec.scale_format == "fp32" and all(b == WHOLE for b in spec.block)
 
 
 def cast_with_transpose(x: torch.Tensor, recipe: Recipe, role: str) -> tuple[ScaledTensor, ScaledTensor]:
