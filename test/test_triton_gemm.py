@@ -142,6 +142,34 @@ def test_mx_scale_extremes_are_exact(variant):
     torch.testing.assert_close(out[keep], torch.full((m - 1, n), 64.0), rtol=0, atol=0)
 
 
+def test_mx_decoded_scales_are_exact():
+    """Variant 5 reads the e8m0 scales as fp32, (K/32, rows), rows padded to
+    4 floats: every byte decodes to exactly 2**(e-127) (0: the fp32 subnormal
+    2**-127, 255: NaN), transposed for ``ea`` and not for ``eb``."""
+    e = torch.arange(256, dtype=torch.uint8)[torch.randperm(256, generator=torch.Generator().manual_seed(0))]
+    ea = e[:250].reshape(10, 25)  # (M, K/32)
+    want = ea.view(torch.float8_e8m0fnu).float()
+    got = gemm_mx._decoded_scales(ea, True)
+    assert got.shape == (25, 10) and got.stride(0) == 12
+    torch.testing.assert_close(got, want.t(), rtol=0, atol=0, equal_nan=True)
+    eb = ea.t()  # (K/32, N) as a transposed weight's scales: any strides
+    got = gemm_mx._decoded_scales(eb, False)
+    torch.testing.assert_close(got, want.t(), rtol=0, atol=0, equal_nan=True)
+    assert got[got.isnan()].numel() == (ea == 255).sum()
+
+
+def test_mx_wgmma_variant_needs_a_hopper_gpu():
+    """Variant 5 (Gluon, asynchronous wgmma) never runs under the interpreter
+    or on the CPU: no candidate list offers it there, and asking for it fails
+    clearly."""
+    for m in (1, 40, 200, 4096):
+        assert all(c.variant != 5 for c in gemm_mx._candidates(m, 96, 320, True))
+    a, b = operands(MX, 64, 128, 256)
+    assert not gemm_mx.wgmma_ok(a.qdata, b.qdata)
+    with pytest.raises(ValueError, match="Hopper"):
+        mx_mm(a.qdata, a.scale, b.qdata, b.scale, config=gemm_mx.Config(128, 128, 128, 8, 4, 5))
+
+
 @pytest.mark.parametrize("kind", ["blockwise", "mx"])
 def test_every_candidate_config_is_correct(kind):
     """Each tile config the GPU tuner may pick computes the same product."""

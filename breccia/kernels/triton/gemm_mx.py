@@ -2,24 +2,30 @@
 
 ``out = (qa * 2**(ea-127)) @ (qb * 2**(eb-127))``: ``qa`` (M, K) and ``qb``
 (K, N) FP8, one e8m0 scale per 32 along K (``ea`` (M, ceil(K/32)), ``eb``
-(ceil(K/32), N)). Hopper's tensor cores take no block scales. Two loops:
+(ceil(K/32), N)). Hopper's tensor cores take no block scales. Three loops:
 
-- variant 0, FP8 dots: each 32-wide K slice is its own FP8 ``tl.dot`` into a
-  temporary fp32 tile, folded into the accumulator scaled,
-  ``acc += p * (sa[:, None] * sb[None, :])``. A loop step is ``BLOCK_K`` =
-  32 * SUB wide and runs SUB slices unrolled, so a step's loads are issued
-  together. The fold is two fp32 operations per output element per 32 of K
-  (twice the FP8 dot's time on an H100), and Triton waits for each dot
-  before folding it, so this loop is bound by that chain, not by the tensor
-  cores. Split-K (decode) runs more such chains at once.
+- variant 5, asynchronous FP8 wgmma (Hopper, Gluon; the default at large M):
+  a TMA ring of K steps (A (BM, BK), B^T (BN, BK), and the scales decoded to
+  fp32 beforehand, (BK/32, BM) and (BK/32, BN)); in a step, each 32-wide
+  slice is one asynchronous FP8 wgmma into a fresh fp32 tile, and slice s-1
+  is folded, ``acc += p * (sa[:, None] * sb[None, :])``, while slice s's MMA
+  runs. The fold (two fp32 instructions per output element per 32 of K,
+  twice the FP8 MMA's time on an H100) is what bounds it: about 0.6x bf16.
+  Needs K-contiguous payloads with 16-byte aligned rows (``wgmma_ok``).
+- variant 0, FP8 dots: the same fold through ``tl.dot``, one dot per 32-wide
+  slice, SUB = BLOCK_K / 32 slices a step, unrolled. Triton waits for each
+  dot before folding it, so the MMA and the fold never overlap. Portable
+  (any strides, sm89+, the interpreter): the tuner's reference. Split-K
+  (decode) runs more such chains at once.
 - variant 4, bf16 dots: both tiles are decoded in registers (``q * 2**e`` is
   exact in bf16 for every e4m3/e5m2 value and any scale that keeps the
   product a normal bf16 number) and multiplied by a bf16 ``tl.dot`` over the
-  whole step, accumulating in place: no fold, and the dots pipeline, at the
-  bf16 tensor-core rate plus the decode work.
+  whole step, accumulating in place: no fold, but the decode and Triton's
+  synchronous dot on a register operand cap it near 0.27x bf16. With split-K
+  it is the fastest at decode.
 
 (Variants 1-3 -- TMA loads, warp specialization and a hand-pipelined fold of
-the FP8-dot loop -- were measured slower on an H100 and removed;
+the ``tl.dot`` loop -- were measured slower on an H100 and removed;
 docs/kernels.md has the numbers.)
 
 e8m0 decoding is exact and matches :func:`breccia.formats.decode_e8m0`: the
@@ -47,6 +53,22 @@ from .gemm_blockwise import (
     split_k_output,
 )
 
+try:  # Gluon: Triton's explicit-layout dialect (asynchronous wgmma); variant 5 needs it
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as _GluonDescriptor
+
+    _GLUON = True
+except Exception:  # an older or newer Triton without this API: variants 0 and 4 only
+    _GLUON = False
+
 __all__ = ["mx_mm"]
 
 #: elements per e8m0 scale along K (OCP MX)
@@ -54,17 +76,26 @@ MX_BLOCK = 32
 
 
 def _candidates(m: int, n: int, k: int, tma: bool = False) -> list[Config]:
-    # (``tma`` is unused: TMA loads measured slower here.) The last candidate
-    # is the portable FP8-dot config (the tuner's reference). The lists keep
-    # what won somewhere on an H100 (benchmarks/results/gemm-h100.md): bf16
-    # dots with 128x256 tiles at large M, bf16 dots with split-K at decode,
-    # FP8 dots on 64x128 tiles (two programs an SM) in between.
+    # ``tma``: the operands suit variant 5 (``wgmma_ok``: Hopper, Gluon,
+    # K-contiguous payloads); it never runs under the interpreter. The last
+    # candidate is the portable FP8-dot config (the tuner's reference). The
+    # lists keep what won somewhere on an H100 (benchmarks/results/gemm-h100.md):
+    # variant 5 at large M (2.2-2.4x variant 4); bf16 dots with split-K at
+    # decode, where variant 5 measured 0.2-1x of them; variants 4 and 0 also
+    # serve operands variant 5 cannot read.
     if m <= 64:
         bm = 16 if m <= 16 else 64
         return [Config(bm, 64, 128, 4, 4, 4, 4), Config(bm, 64, 128, 4, 5, 0, 4), Config(bm, 64, 128, 4, 5)]
     if m <= 256:
         return [Config(64, 128, 64, 4, 4, 4), Config(64, 128, 128, 4, 4)]
-    return [Config(128, 256, 64, 8, 3, 4), Config(128, 128, 64, 8, 4, 4), Config(64, 128, 128, 4, 4)]
+    v5 = [
+        Config(128, 128, 256, 8, 3, 5),
+        Config(64, 128, 256, 4, 2, 5),
+        Config(128, 128, 128, 8, 5, 5),
+        Config(64, 128, 128, 4, 4, 5),
+    ]  # fmt: skip
+    v5 = v5 if tma and not interpreting() else []
+    return v5 + [Config(128, 256, 64, 8, 3, 4), Config(128, 128, 64, 8, 4, 4), Config(64, 128, 128, 4, 4)]
 
 
 _TUNER = Tuner()
@@ -159,6 +190,191 @@ def _mx_kernel(
     _store_tile(acc, c_ptr, bias_ptr, rm, rn, M, N, stride_cm, stride_cn, HAS_BIAS)
 
 
+# --------------------------------------------------------------------------- variant 5 (Gluon, sm90)
+
+
+@triton.jit
+def _decode_scales_kernel(e_ptr, out_ptr, R, C, stride_er, stride_ec, stride_or,
+                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """``out[r, c] = 2**(e[r, c] - 127)`` as fp32 (exact, NaN for 255): the
+    scales as variant 5 reads them, one float per 32 of K."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (r[:, None] < R) & (c[None, :] < C)
+    e = tl.load(e_ptr + r[:, None] * stride_er + c[None, :] * stride_ec, mask=ok, other=127)
+    tl.store(out_ptr + r[:, None] * stride_or + c[None, :], _e8m0_to_f32(e), mask=ok)
+
+
+def _decoded_scales(e: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """fp32 scales (K/32, rows of the operand), rows padded to 4 floats (TMA
+    wants 16-byte aligned row strides): ``ea`` (M, K/32) is transposed,
+    ``eb`` (K/32, N) is not."""
+    src = e.t() if transpose else e
+    r, c = src.shape
+    out = torch.empty((r, (c + 3) // 4 * 4), dtype=torch.float32, device=e.device)
+    grid = (triton.cdiv(r, 16), triton.cdiv(c, 128))
+    _decode_scales_kernel[grid](src, out, r, c, src.stride(0), src.stride(1), out.stride(0),
+                                BLOCK_R=16, BLOCK_C=128)  # fmt: skip
+    return out[:, :c]
+
+
+if _GLUON:
+
+    @gluon.jit
+    def _wg_load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
+                      step, n_k, off_m, off_n, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+        """TMA loads of K step ``step`` (payload tiles and their scales) into
+        its ring slot, if the step exists."""
+        SUB: gl.constexpr = BLOCK_K // 32
+        slot = step % STAGES
+        ok = step < n_k
+        bar = ready.index(slot)
+        nbytes: gl.constexpr = (a_desc.block_type.nbytes + b_desc.block_type.nbytes
+                                + sa_desc.block_type.nbytes + sb_desc.block_type.nbytes)  # fmt: skip
+        mbarrier.expect(bar, nbytes, pred=ok)
+        tma.async_copy_global_to_shared(a_desc, [off_m, step * BLOCK_K], bar, a_smem.index(slot), pred=ok)
+        tma.async_copy_global_to_shared(b_desc, [off_n, step * BLOCK_K], bar, b_smem.index(slot), pred=ok)
+        tma.async_copy_global_to_shared(sa_desc, [step * SUB, off_m], bar, sa_smem.index(slot), pred=ok)
+        tma.async_copy_global_to_shared(sb_desc, [step * SUB, off_n], bar, sb_smem.index(slot), pred=ok)
+
+    @gluon.jit
+    def _wg_fold(acc, p, sa_smem, sb_smem, slot, j, rows: gl.constexpr, cols: gl.constexpr):
+        """``acc + p * sa[:, None] * sb[None, :]`` with slice ``j`` of ring
+        slot ``slot``'s scales."""
+        SUB: gl.constexpr = sa_smem.shape[1]
+        flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
+        sa_v = sa_smem._reinterpret(gl.float32, [sa_smem.shape[0] * SUB, sa_smem.shape[2]], flat)
+        sb_v = sb_smem._reinterpret(gl.float32, [sb_smem.shape[0] * SUB, sb_smem.shape[2]], flat)
+        sa = sa_v.index(slot * SUB + j).load(rows)
+        sb = sb_v.index(slot * SUB + j).load(cols)
+        return acc + p * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0))
+
+    @gluon.jit
+    def _mx_wgmma_kernel(
+        a_desc, b_desc, sa_desc, sb_desc, c_ptr, bias_ptr, M, N, K, stride_cm, stride_cn,
+        HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, WARPS_N: gl.constexpr, GROUP_M: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):  # fmt: skip
+        """Variant 5: TMA ring of STAGES K steps (A (BM, BK), B^T (BN, BK),
+        and their fp32 scales (BK/32, BM) and (BK/32, BN)); per step, one
+        asynchronous FP8 wgmma per 32-wide slice into a fresh fp32 tile,
+        the fold of slice s-1 overlapping the MMA of slice s."""
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        SUB: gl.constexpr = BLOCK_K // 32
+        pid = gl.program_id(0)
+        num_m = gl.cdiv(M, BLOCK_M)
+        num_n = gl.cdiv(N, BLOCK_N)
+        per_group = GROUP_M * num_n
+        first_m = (pid // per_group) * GROUP_M
+        size_m = gl.minimum(num_m - first_m, GROUP_M)
+        off_m = (first_m + (pid % per_group) % size_m) * BLOCK_M
+        off_n = ((pid % per_group) // size_m) * BLOCK_N
+
+        mma: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps // WARPS_N, WARPS_N],
+            instr_shape=[16, BLOCK_N // WARPS_N, 32],
+        )  # fmt: skip
+        rows: gl.constexpr = gl.SliceLayout(1, mma)
+        cols: gl.constexpr = gl.SliceLayout(0, mma)
+        a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+        b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
+        sa_smem = gl.allocate_shared_memory(gl.float32, [STAGES, SUB, BLOCK_M], sa_desc.layout)
+        sb_smem = gl.allocate_shared_memory(gl.float32, [STAGES, SUB, BLOCK_N], sb_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        n_k = gl.cdiv(K, BLOCK_K)
+        for i in gl.static_range(STAGES):
+            _wg_load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
+                          i, n_k, off_m, off_n, BLOCK_K, STAGES)  # fmt: skip
+
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
+        zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
+        for kt in range(n_k):
+            slot = kt % STAGES
+            mbarrier.wait(ready.index(slot), (kt // STAGES) & 1)
+            a_st = a_smem.index(slot)
+            b_st = b_smem.index(slot)
+            a_s = a_st.slice(0, 32, dim=1)
+            b_s = b_st.slice(0, 32, dim=1).permute((1, 0))
+            pending = warpgroup_mma(a_s, b_s, zero, use_acc=False, is_async=True)
+            for s in gl.static_range(1, SUB):
+                a_s = a_st.slice(s * 32, 32, dim=1)
+                b_s = b_st.slice(s * 32, 32, dim=1).permute((1, 0))
+                issued = warpgroup_mma(a_s, b_s, zero, use_acc=False, is_async=True)
+                p = warpgroup_mma_wait(num_outstanding=1, deps=(pending,))
+                acc = _wg_fold(acc, p, sa_smem, sb_smem, slot, s - 1, rows, cols)
+                pending = issued
+            p = warpgroup_mma_wait(num_outstanding=0, deps=(pending,))
+            acc = _wg_fold(acc, p, sa_smem, sb_smem, slot, SUB - 1, rows, cols)
+            # every warp is done with this slot: refill it with step kt + STAGES
+            gl.thread_barrier()
+            fence_async_shared()
+            _wg_load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
+                          kt + STAGES, n_k, off_m, off_n, BLOCK_K, STAGES)  # fmt: skip
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+        if HAS_BIAS:
+            rn = off_n + gl.arange(0, BLOCK_N, layout=cols)
+            bias = gl.load(bias_ptr + rn, mask=rn < N, other=0.0)
+            acc = acc + gl.expand_dims(bias.to(gl.float32), 0)
+        out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        out = gl.convert_layout(acc.to(c_ptr.dtype.element_ty), out_layout)
+        om = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))
+        on = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
+        ptrs = c_ptr + gl.expand_dims(om.to(gl.int64) * stride_cm, 1) + gl.expand_dims(on * stride_cn, 0)
+        gl.store(ptrs, out, mask=gl.expand_dims(om < M, 1) & gl.expand_dims(on < N, 0))
+
+
+_GL_FP8 = {torch.float8_e4m3fn: "float8e4nv", torch.float8_e5m2: "float8e5"}
+
+
+def wgmma_ok(qa: torch.Tensor, qb: torch.Tensor) -> bool:
+    """Whether variant 5 can run: Gluon present, a Hopper GPU (wgmma), and
+    both payloads K-contiguous with 16-byte aligned rows (TMA)."""
+    if not _GLUON or interpreting() or qa.device.type != "cuda":
+        return False
+    if torch.cuda.get_device_capability(qa.device) != (9, 0):
+        return False
+    if qa.dtype not in _GL_FP8 or qb.dtype not in _GL_FP8:
+        return False
+    qbt = qb.t()
+    return all(
+        t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (qa, qbt)
+    )
+
+
+def _launch_wgmma(qa, ea, qb, eb, c: Config, out_dtype, bias) -> torch.Tensor:
+    bm, bn, bk, warps, stages = c[:5]
+    if not wgmma_ok(qa, qb) or c.split_k != 1 or bk % 32 or (16 * warps) % bm or bn % ((16 * warps) // bm):
+        raise ValueError(
+            f"mx_mm: config {c!r} needs a Hopper GPU, Gluon and K-contiguous, 16-byte aligned payloads"
+        )
+    m, k = qa.shape
+    n = qb.shape[1]
+    kb = triton.cdiv(k, MX_BLOCK)
+    qbt = qb.t()
+    a_layout = gl.NVMMASharedLayout.get_default_for([bm, bk], getattr(gl, _GL_FP8[qa.dtype]))
+    b_layout = gl.NVMMASharedLayout.get_default_for([bn, bk], getattr(gl, _GL_FP8[qb.dtype]))
+    a_desc = _GluonDescriptor(qa, [m, k], [qa.stride(0), 1], [bm, bk], a_layout)
+    b_desc = _GluonDescriptor(qbt, [n, k], [qbt.stride(0), 1], [bn, bk], b_layout)
+    saf, sbf = _decoded_scales(ea, True), _decoded_scales(eb, False)
+    flat = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    sa_desc = _GluonDescriptor(saf, [kb, m], [saf.stride(0), 1], [bk // MX_BLOCK, bm], flat)
+    sb_desc = _GluonDescriptor(sbf, [kb, n], [sbf.stride(0), 1], [bk // MX_BLOCK, bn], flat)
+    out = torch.empty((m, n), dtype=out_dtype, device=qa.device)
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    _mx_wgmma_kernel[grid](
+        a_desc, b_desc, sa_desc, sb_desc, out, bias if bias is not None else out, m, n, k,
+        out.stride(0), out.stride(1), HAS_BIAS=bias is not None, STAGES=stages,
+        WARPS_N=(16 * warps) // bm, GROUP_M=8, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
 def mx_mm(
     qa: torch.Tensor,
     ea: torch.Tensor,
@@ -195,6 +411,8 @@ def mx_mm(
     bias_arg = bias if bias is not None else ea  # never read without HAS_BIAS
 
     def launch(c: Config) -> torch.Tensor:
+        if c.variant == 5:
+            return _launch_wgmma(qa, ea, qb, eb, c, out_dtype, bias)
         meta = c.meta
         o, split = split_k_output(m, n, c.split_k, out_dtype, qa.device)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split)
@@ -208,6 +426,7 @@ def mx_mm(
         return reduce_split_k(o, split, bias, out_dtype)
 
     if config is None:
-        key = ("mx", m_bucket(m), n, k, qa.dtype, qb.dtype, out_dtype, qa.device)
-        config = _TUNER.pick(key, _candidates(m, n, k), launch)
+        wg = wgmma_ok(qa, qb)
+        key = ("mx", m_bucket(m), n, k, qa.dtype, qb.dtype, out_dtype, wg, qa.device)
+        config = _TUNER.pick(key, _candidates(m, n, k, wg), launch)
     return launch(config)
