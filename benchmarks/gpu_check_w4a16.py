@@ -8,7 +8,9 @@ activations, ragged and decode shapes, every candidate config:
 - the Packed relayout round-trips bit-exactly;
 - unpacking is bit-exact: an identity activation makes the kernel write the
   decoded weight, compared bit for bit with ``breccia.dequantize`` (NVFP4:
-  ``decode(q) * block_scale``, global scale set to 1);
+  ``decode(q) * block_scale``, global scale set to 1) -- through the
+  tensor-core kernel (M = K) and the MMA kernel (16 rows, and single rows,
+  of the identity at a time);
 - the GEMM, written into a NaN-poisoned output, is within fp32 accumulation
   error of a float64 dequantize-then-matmul, and the split-K workspace is left
   zero;
@@ -43,7 +45,7 @@ RECIPES = {
     "nvfp4": breccia.NVFP4BlockScaling(),
 }
 
-SHAPES = [(1, 4096, 4096), (5, 1000, 4000), (37, 520, 1056), (128, 768, 2048)]
+SHAPES = [(1, 4096, 4096), (5, 1000, 4000), (16, 1000, 4000), (9, 520, 1056), (37, 520, 1056), (128, 768, 2048)]
 #: every candidate config for these; the default and one split-K config for the rest
 FULL = {("int4 sym g128", torch.bfloat16), ("nvfp4", torch.bfloat16), ("int4 asym g32", torch.bfloat16)}
 #: --device cpu (TRITON_INTERPRET=1): a dry run of this script at small shapes
@@ -89,11 +91,13 @@ def check_kernel(lines: list, name: str, recipe, dtype) -> bool:
         if st.global_scale is not None:
             ref = ref * st.global_scale.double()
         worst, worst_cfg = 0.0, None
-        cfgs = w4a16.candidates(m, n, k)
+        mma = w4a16.mma_applies(x, op.qdata, op.scale, op.kind, k)
+        cfgs = w4a16.candidates(m, n, k, mma)
+        default = w4a16.config_for(x.device, op.kind, m, n, k, mma)
         if QUICK:
-            cfgs = [w4a16.config_for(x.device, op.kind, m, n, k)]
+            cfgs = [default]
         elif (name, dtype) not in FULL:
-            cfgs = [w4a16.config_for(x.device, op.kind, m, n, k)] + [c for c in cfgs if c.split_k > 1][:1]
+            cfgs = [default] + [c for c in cfgs if c.split_k > 1][:1] + [c for c in cfgs if c.warp_split][:1]
         for cfg in cfgs:
             out = torch.full((m, n), float("nan"), device=dev, dtype=torch.float32)
             w4a16.w4a16_mm(x, op.qdata, op.scale, op.zero_point, op.global_scale, None, op.kind, op.group, n, k, torch.float32, cfg, out=out)
@@ -110,8 +114,9 @@ def check_kernel(lines: list, name: str, recipe, dtype) -> bool:
         e16 = rel(out16, ref16)
         good = same and worst < 1e-4 and ws_clean and e16 < 1e-2
         ok &= good
+        kern = "MMA" if default.mma else "tensor-core"
         lines.append(
-            f"| {name} | {str(dtype)[6:]} | {m}x{n}x{k} | {same} | {worst:.1e} ({len(cfgs)} configs) | "
+            f"| {name} | {str(dtype)[6:]} | {m}x{n}x{k} ({kern}) | {same} | {worst:.1e} ({len(cfgs)} configs) | "
             f"{e16:.1e} | {ws_clean} | {'ok' if good else 'FAIL'} |"
         )
     # bit-exact unpack: identity activations (M = K: the 128-row tiles too)
@@ -126,7 +131,17 @@ def check_kernel(lines: list, name: str, recipe, dtype) -> bool:
     want = decoded_weight(st, dtype)
     exact = torch.equal(got, want)
     ok &= exact
-    lines.append(f"| {name} | {str(dtype)[6:]} | unpack {n}x{k} (identity) | | bit-exact: {exact} | | | {'ok' if exact else 'FAIL'} |")
+    lines.append(f"| {name} | {str(dtype)[6:]} | unpack {n}x{k} (identity, tensor-core) | | bit-exact: {exact} | | | {'ok' if exact else 'FAIL'} |")
+    # the same through the MMA kernel: the identity 16 rows (and 1 row) at a time
+    if w4a16.mma_applies(eye[:16], op.qdata, op.scale, op.kind, k):
+        parts = [w4a16.w4a16_mm(eye[i:i + 16], op.qdata, op.scale, op.zero_point, gs, None, op.kind, op.group, n, k, torch.float32)
+                 for i in range(0, k, 16)]  # fmt: skip
+        got = torch.cat(parts).t()
+        one = [w4a16.w4a16_mm(eye[i:i + 1], op.qdata, op.scale, op.zero_point, gs, None, op.kind, op.group, n, k, torch.float32)
+               for i in (0, 17, k - 1)]  # fmt: skip
+        exact = torch.equal(got, want) and all(torch.equal(o[0], want[:, i]) for o, i in zip(one, (0, 17, k - 1)))
+        ok &= exact
+        lines.append(f"| {name} | {str(dtype)[6:]} | unpack {n}x{k} (identity, MMA: M = 16 and 1) | | bit-exact: {exact} | | | {'ok' if exact else 'FAIL'} |")
     return ok
 
 

@@ -13,7 +13,7 @@ with K (the last logical dim) contiguous, scales as a row-major grid.
 
 The payload is the same in those three. ``Packed`` (4-bit INT4 / NVFP4
 weights) moves the payload instead: pre-shuffled for the W4A16 kernels,
-16 rows x 32 codes per storage tile (:mod:`breccia.packing` has the order);
+16 rows x 64 codes per storage tile, in MMA-register order (:mod:`breccia.packing` has it);
 its scales stay Plain.
 
 :func:`relayout` always goes through ``Plain`` (X -> Plain -> Y), so each

@@ -4,22 +4,33 @@ A 4-bit weight (INT4 or NVFP4) of logical shape ``(N, K)``, one scale per
 ``g`` along K (block ``(1, g)``, ``g`` a power of two >= 16), is stored for
 :mod:`breccia.kernels.triton.w4a16` as a 4-D uint8 tensor::
 
-    qdata[N_pad / 16, K_pad / 32, 16, 16]     # [row group, chunk, row, byte]
+    qdata[N_pad / 16, K_pad / 64, 32, 16]     # [tile, window, lane, byte]
 
-Row ``n`` and chunk ``c`` (32 codes along K) sit in 16 bytes at
-``qdata[n // 16, c, n % 16]``; byte ``j`` holds code ``32c + j`` in its low
-nibble and code ``32c + 16 + j`` in its high nibble. So:
+A *tile* is 16 rows, a *window* 64 codes along K: 512 bytes, laid out as the
+32 lanes of a warp hold the A operand of four ``mma.sync.m16n8k16`` steps
+(the weight is the MMA's 16-row side). Lane ``l`` (``g = l // 4``,
+``q = l % 4``) owns rows ``16t + g`` and ``16t + g + 8`` at the 16 codes
+``64w + 16q + 0..15``, in its 16 bytes ``qdata[t, w, l]``: byte ``4s + b``
+holds, in its low nibble, the code of row ``16t + g`` at
+``K = 64w + 16q + 4s + (0, 2, 1, 3)[b]`` and, in its high nibble, the code of
+row ``16t + g + 8`` at the same K. Read as a little-endian 32-bit word ``s``,
+the nibble pairs ``(i, i + 4)`` are the four bf16x2 / f16x2 A registers of
+MMA step ``s``: (row g, K +0 +1), (row g+8, K +0 +1), (row g, K +2 +3),
+(row g+8, K +2 +3) -- a mask, a shift and an OR with a magic exponent per
+register, no byte shuffling. So:
 
-- a kernel loads a chunk of one row as one 16-byte vector, and a tile of 16
-  rows x ``C`` chunks is ``C * 256`` contiguous bytes (coalesced, one stream
-  per 16 rows instead of one per row);
-- unpacking is ``b & 0xF`` and ``b >> 4`` with no interleave: the low nibbles
-  of a chunk are its first 16 codes, the high nibbles the next 16, each half
-  within one scale group (``g >= 16``).
+- a warp reads one (tile, window) as 512 contiguous bytes, one 16-byte
+  vector per lane, and the lane's activation operand is 16 contiguous
+  elements (``K = 64w + 16q + 0..15``);
+- each lane's codes lie in one scale group per row (``g >= 16``);
+- a kernel without MMA registers (the CPU interpreter, large M) reads row
+  pair ``(16t + g, 16t + g + 8)`` of a window as 64 contiguous bytes: low
+  nibbles one row, high nibbles the other, K order
+  ``64w + (j with bits 0 and 1 swapped)`` for byte ``j``.
 
-N and K are padded with zero codes to 16 rows and 32 codes; the padding is
-never read as data (the kernel masks K against the activation and N against
-the output). Scales, zero points and the NVFP4 global scale keep their Plain
+N and K are padded with zero codes to 16 rows and 64 codes; the padding is
+never read as data (the kernels zero the activation past K and mask rows
+past N). Scales, zero points and the NVFP4 global scale keep their Plain
 form. Everything here is lossless: :func:`from_packed` returns the Plain bits.
 
 A Packed tensor may also be *transposed* (logical ``(K, N)``, block
@@ -41,6 +52,7 @@ if TYPE_CHECKING:  # tensor.py imports layouts, which imports this module lazily
 __all__ = [
     "ROWS",
     "CHUNK",
+    "LANES",
     "packed_shape",
     "pack_codes",
     "unpack_codes",
@@ -52,10 +64,12 @@ __all__ = [
     "packed_operands",
 ]
 
-#: rows interleaved in one storage tile
+#: rows in one storage tile (the MMA's M side)
 ROWS = 16
-#: codes per chunk (16 bytes: one vector load)
-CHUNK = 32
+#: codes per window along K (four k16 MMA steps; 16 codes a lane)
+CHUNK = 64
+#: lanes of a (tile, window), 16 bytes each
+LANES = 32
 
 _ELEMENTS = ("int4", "e2m1")
 
@@ -66,27 +80,37 @@ def _round_up(n: int, m: int) -> int:
 
 def packed_shape(n: int, k: int) -> tuple[int, int, int, int]:
     """Shape of the Packed payload of an ``(n, k)`` weight."""
-    return (_round_up(n, ROWS) // ROWS, _round_up(k, CHUNK) // CHUNK, ROWS, CHUNK // 2)
+    return (_round_up(n, ROWS) // ROWS, _round_up(k, CHUNK) // CHUNK, LANES, 16)
+
+
+def _k_order() -> torch.Tensor:
+    """K offset within a window of byte ``j`` (0..15) of lane quarter ``q``:
+    ``(64,)`` indexed by ``16q + j``."""
+    j = torch.arange(64)
+    return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1)
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
     """``codes`` (N, K) uint8 in 0..15 -> the Packed payload (see module doc)."""
     n, k = codes.shape
-    rg, kc, _, _ = packed_shape(n, k)
-    padded = codes.new_zeros((rg * ROWS, kc * CHUNK), dtype=torch.uint8)
+    nt, nw, _, _ = packed_shape(n, k)
+    padded = codes.new_zeros((nt * ROWS, nw * CHUNK), dtype=torch.uint8)
     padded[:n, :k] = codes
-    # (row group, row, chunk, half, j): half 0 -> low nibble, half 1 -> high
-    c = padded.view(rg, ROWS, kc, 2, CHUNK // 2)
-    byte = c[:, :, :, 0, :] | (c[:, :, :, 1, :] << 4)
-    return byte.permute(0, 2, 1, 3).contiguous()
+    # (tile, half h (row g + 8h), g, window, K in window) -> K in lane order
+    c = padded.view(nt, 2, 8, nw, CHUNK)[..., _k_order().to(codes.device)]
+    byte = c[:, 0] | (c[:, 1] << 4)  # (tile, g, window, 16q + j)
+    byte = byte.view(nt, 8, nw, 4, 16).permute(0, 2, 1, 3, 4)  # (tile, window, g, q, j)
+    return byte.reshape(nt, nw, LANES, 16).contiguous()
 
 
 def unpack_codes(qdata: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Inverse of :func:`pack_codes`: the (n, k) uint8 codes."""
-    rg, kc = qdata.shape[0], qdata.shape[1]
-    b = qdata.permute(0, 2, 1, 3)  # (row group, row, chunk, j)
-    codes = torch.stack([b & 0xF, b >> 4], dim=3)  # (row group, row, chunk, half, j)
-    return codes.reshape(rg * ROWS, kc * CHUNK)[:n, :k]
+    nt, nw = qdata.shape[0], qdata.shape[1]
+    b = qdata.view(nt, nw, 8, 64).permute(0, 2, 1, 3)  # (tile, g, window, 16q + j)
+    halves = torch.stack([b & 0xF, b >> 4], dim=1)  # (tile, h, g, window, lane order)
+    codes = torch.empty_like(halves)
+    codes[..., _k_order().to(qdata.device)] = halves
+    return codes.reshape(nt * ROWS, nw * CHUNK)[:n, :k]
 
 
 def _k_dim(st: "ScaledTensor") -> Optional[int]:
@@ -162,7 +186,7 @@ class PackedOperands(NamedTuple):
     """What the W4A16 kernel reads: the weight as ``(N, K)`` whichever way
     the ScaledTensor is oriented."""
 
-    qdata: torch.Tensor  # (N_pad/16, K_pad/32, 16, 16) uint8
+    qdata: torch.Tensor  # (N_pad/16, K_pad/64, 32, 16) uint8
     scale: torch.Tensor  # (N, G), any strides
     zero_point: Optional[torch.Tensor]  # (N, G) uint8 or None
     global_scale: Optional[torch.Tensor]  # () fp32 or None

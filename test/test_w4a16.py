@@ -53,16 +53,27 @@ def gpu(monkeypatch):
 
 
 def test_pack_codes_order():
-    codes = torch.randint(0, 16, (37, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    """The Packed order (packing.py): tile t, window w, lane l = 4g + q, byte
+    4s + b holds row 16t + g (low nibble) and row 16t + g + 8 (high) at
+    K = 64w + 16q + 4s + (0, 2, 1, 3)[b]."""
+    codes = torch.randint(0, 16, (37, 150), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     p = packing.pack_codes(codes)
-    assert p.shape == packing.packed_shape(37, 70) == (3, 3, 16, 16)
-    for n, c, j in [(0, 0, 0), (5, 1, 7), (36, 2, 5), (17, 0, 15)]:
-        byte = int(p[n // 16, c, n % 16, j])
-        assert byte & 0xF == int(codes[n, 32 * c + j])  # low nibble: code 32c + j
-        k_hi = 32 * c + 16 + j
-        assert byte >> 4 == (int(codes[n, k_hi]) if k_hi < 70 else 0)  # high: 32c + 16 + j
-    assert int(p[2, :, 5:].max()) == 0  # padding rows are zero codes
-    assert torch.equal(packing.unpack_codes(p, 37, 70), codes)
+    assert p.shape == packing.packed_shape(37, 150) == (3, 3, 32, 16)
+    for t, w, lane, byte in [(0, 0, 0, 0), (0, 1, 5, 7), (1, 2, 31, 15), (2, 0, 17, 6), (2, 2, 9, 3), (1, 1, 12, 9)]:
+        g, q, s, b = lane // 4, lane % 4, byte // 4, byte % 4
+        k = 64 * w + 16 * q + 4 * s + (0, 2, 1, 3)[b]
+        v = int(p[t, w, lane, byte])
+        for nib, row in ((v & 0xF, 16 * t + g), (v >> 4, 16 * t + g + 8)):
+            assert nib == (int(codes[row, k]) if row < 37 and k < 150 else 0)  # padding: zero codes
+    t2 = p[2].view(3, 8, 4, 16)  # tile 2: (window, g, q, byte)
+    assert int((t2 >> 4).max()) == 0 and int((t2[:, 5:] & 0xF).max()) == 0  # rows 37..47: zero codes
+    assert torch.equal(packing.unpack_codes(p, 37, 150), codes)
+    # a lane's 32-bit word s, nibble pairs (i, i + 4): the A registers of MMA step s
+    word = p[1, 1, 6].view(torch.int32)[2].item() & 0xFFFFFFFF
+    g, q = 1, 2
+    for i, (row, k0) in enumerate([(g, 0), (g + 8, 0), (g, 2), (g + 8, 2)]):
+        k = 64 + 16 * q + 8 + k0
+        assert (word >> 4 * i) & 0xF == int(codes[16 + row, k]) and (word >> 4 * (i + 4)) & 0xF == int(codes[16 + row, k + 1])
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHT_RECIPES))
@@ -160,7 +171,7 @@ def test_kernel_unpack_is_bit_exact(name, dtype):
     assert torch.equal(out.t(), _decoded(st, dtype))
 
 
-CONFIGS = [Config(16, 1, 1, 4, 2), Config(32, 2, 2, 4, 2), Config(16, 2, 3, 4, 2), Config(64, 4, 1, 4, 2)]
+CONFIGS = [Config(32, 1, 1, 4, 2), Config(32, 2, 2, 4, 2), Config(32, 1, 3, 4, 2), Config(64, 2, 1, 4, 2)]
 
 
 @pytest.mark.parametrize("name", ["int4_g32", "int4_asym_g64", "nvfp4"])
@@ -189,15 +200,24 @@ def test_kernel_bias_out_dtypes_and_fp16():
         x = randn(5, k, dtype=dtype, seed=6)
         ref = x.double() @ _decoded(st, dtype).double().t() + bias.double()
         for out_dtype in (torch.float32, dtype):
-            out = w4a16_mm(x, op.qdata, op.scale, op.zero_point, None, bias, op.kind, op.group, n, k, out_dtype, Config(16, 2, 2, 4, 2))
+            out = w4a16_mm(x, op.qdata, op.scale, op.zero_point, None, bias, op.kind, op.group, n, k, out_dtype, Config(32, 1, 2, 4, 2))
             assert out.dtype == out_dtype and rel_err(out, ref) < (1e-5 if out_dtype == torch.float32 else 4e-3)
 
 
 def test_config_choice():
     cfg = w4a16.config_for(torch.device("cpu"), "int4_sym", 1, 8192, 8192)
-    assert cfg in w4a16.candidates(1, 8192, 8192) or cfg.split_k >= 1
+    assert not cfg.mma and cfg.block_n % 32 == 0  # no MMA kernel without a GPU
     assert w4a16._key(torch.device("cpu"), "nvfp4", 3, 64, 64)[2] == 4  # M buckets
-    assert all(c.block_n % 16 == 0 for m in (1, 32, 128) for c in w4a16.candidates(m, 4096, 4096))
+    assert all(c.block_n % 32 == 0 and not c.mma for m in (1, 32, 128) for c in w4a16.candidates(m, 4096, 4096))
+    for m, n, k in [(1, 8192, 8192), (16, 28672, 8192), (3, 1000, 4000)]:
+        mma = w4a16.candidates(m, n, k, mma=True)
+        assert mma and all(c.mma for c in mma) and len(set(mma)) == len(mma)
+        for c in mma:
+            tiles = c.block_n // 16 if c.warp_split else c.block_n // (16 * c.num_warps)
+            assert tiles in (1, 2, 4) and c.split_k >= 1 and (c.split_k == 1 or not c.warp_split)
+        assert w4a16.config_for(torch.device("cpu"), "int4_sym", m, n, k, mma=True).mma
+    x = torch.zeros(1, 64, dtype=torch.bfloat16)  # CPU (and the interpreter): the tensor-core kernel
+    assert not w4a16.mma_applies(x, torch.zeros(1, 1, 32, 16, dtype=torch.uint8), x, "int4_sym", 64)
 
 
 # --------------------------------------------------------------------------- routes
@@ -326,3 +346,212 @@ def test_convert_layout_argument():
         breccia.convert(torch.nn.Sequential(torch.nn.Linear(64, 32)), INT4, mode="training", layout=breccia.Packed)
     with pytest.raises(ValueError, match="cannot take"):
         breccia.convert(torch.nn.Sequential(torch.nn.Linear(64, 32)), breccia.Float8CurrentScaling(), layout=breccia.Packed)
+
+
+# --------------------------------------------------------------------------- the MMA kernel's PTX, emulated
+
+
+def _to_half_bits(v: torch.Tensor, fp16: bool) -> torch.Tensor:
+    """float64 values exact in fp32 -> bf16 / fp16 bits (round to nearest even), as int64."""
+    h = v.to(torch.float32).to(torch.float16 if fp16 else torch.bfloat16)
+    return h.view(torch.int16).to(torch.int64) & 0xFFFF
+
+
+def _from_half_bits(b: torch.Tensor, fp16: bool) -> torch.Tensor:
+    b16 = (b & 0xFFFF).to(torch.int32).to(torch.int16)
+    return b16.view(torch.float16 if fp16 else torch.bfloat16).to(torch.float64)
+
+
+def _run_ptx(asm: str, operands: dict, fp16: bool) -> dict:
+    """Execute the MMA kernel's inline PTX for the 32 lanes of a warp.
+
+    ``operands``: ``"$i"`` -> (32,) tensor (int64 bit patterns for ``r``
+    operands, float64 for ``f``). Supports exactly the instructions
+    :func:`w4a16_mma.mma_asm` emits; ``mma.sync.m16n8k16`` with the PTX ISA's
+    fragment layouts (A row-major: lane l holds rows l//4 and l//4 + 8, K
+    2(l%4) + {0, 1} and + 8; B: K rows likewise, column l//4; C: rows l//4,
+    l//4 + 8, columns 2(l%4) + {0, 1})."""
+    regs = dict(operands)
+    mask32 = 0xFFFFFFFF
+
+    def val(tok):
+        tok = tok.strip()
+        if tok in regs:
+            return regs[tok]
+        return torch.full((32,), int(tok, 0), dtype=torch.int64)
+
+    def halves(v):
+        return _from_half_bits(v, fp16), _from_half_bits(v >> 16, fp16)
+
+    lane = torch.arange(32)
+    g, q = lane // 4, lane % 4
+    body = [ln.strip() for ln in asm.splitlines()]
+    for ln in body:
+        if ln in ("{", "}") or ln.startswith(".reg"):
+            continue
+        op, rest = ln.rstrip(";").split(None, 1)
+        if op.startswith("mma.sync"):
+            groups = [grp.split(",") for grp in rest.replace("}", "").split("{")[1:]]
+            d, a, b, c = [[t.strip().rstrip(",") for t in grp if t.strip()] for grp in groups]
+            A = torch.zeros(16, 16, dtype=torch.float64)
+            B = torch.zeros(16, 8, dtype=torch.float64)
+            C = torch.zeros(16, 8, dtype=torch.float64)
+            for i, (dr, dk) in enumerate([(0, 0), (8, 0), (0, 8), (8, 8)]):
+                lo, hi = halves(val(a[i]))
+                A[g + dr, 2 * q + dk] = lo
+                A[g + dr, 2 * q + dk + 1] = hi
+            for i, dk in enumerate([0, 8]):
+                lo, hi = halves(val(b[i]))
+                B[2 * q + dk, g] = lo
+                B[2 * q + dk + 1, g] = hi
+            for i, (dr, dc) in enumerate([(0, 0), (0, 1), (8, 0), (8, 1)]):
+                C[g + dr, 2 * q + dc] = val(c[i]).to(torch.float64)
+            D = A @ B + C
+            for i, (dr, dc) in enumerate([(0, 0), (0, 1), (8, 0), (8, 1)]):
+                regs[d[i]] = D[g + dr, 2 * q + dc].clone()
+            continue
+        args = [t.strip() for t in rest.split(",")]
+        dst, src = args[0], [val(t) for t in args[1:]]
+        if op == "mov.b32":
+            r = src[0]
+        elif op == "shr.u32":
+            r = (src[0] & mask32) >> src[1]
+        elif op == "shl.b32":
+            r = (src[0] << src[1]) & mask32
+        elif op == "and.b32":
+            r = src[0] & src[1]
+        elif op == "or.b32":
+            r = src[0] | src[1]
+        elif op == "mul.lo.u32":
+            r = (src[0] * src[1]) & mask32
+        elif op == "lop3.b32":
+            a, b, c, lut = src
+            r = torch.zeros_like(a)
+            for i in range(8):
+                if (int(lut[0]) >> i) & 1:
+                    r |= (a if i & 4 else ~a) & (b if i & 2 else ~b) & (c if i & 1 else ~c)
+            r &= mask32
+        elif op in ("fma.rn.bf16x2", "fma.rn.f16x2"):
+            (a0, a1), (b0, b1), (c0, c1) = halves(src[0]), halves(src[1]), halves(src[2])
+            # products of 8- or 11-bit significands plus these addends are exact in float64
+            r = _to_half_bits(a0 * b0 + c0, fp16) | (_to_half_bits(a1 * b1 + c1, fp16) << 16)
+        else:
+            raise AssertionError(f"emulator: unknown instruction {op}")
+        regs[dst] = r & mask32
+    return regs
+
+
+def _words(t: torch.Tensor) -> torch.Tensor:
+    """16-bit element pairs (..., 2j, 2j + 1) -> little-endian 32-bit words, int64."""
+    b = t.view(torch.int16).to(torch.int64) & 0xFFFF
+    return b[..., 0::2] | (b[..., 1::2] << 16)
+
+
+@pytest.mark.parametrize(
+    "name,dtype,m", [("int4_g128", torch.bfloat16, 1), ("int4_g16_fp16", torch.float16, 5), ("int4_asym_g64", torch.bfloat16, 13),
+                     ("int4_asym_g64", torch.float16, 8), ("int4_g32", torch.float16, 16), ("nvfp4", torch.bfloat16, 3),
+                     ("nvfp4", torch.bfloat16, 11)],
+)  # fmt: skip
+def test_mma_asm_emulated(name, dtype, m):
+    """The MMA kernel's PTX (w4a16_mma.mma_asm), run by an emulator on the
+    operands its Gluon code gives each lane for one (tile, window) of a
+    Packed weight: the C fragments equal dequantize(w, dtype) @ x.T (NVFP4:
+    decode * block scale, * 2**7 * global at the end) to fp32 accumulation."""
+    from breccia.kernels.triton import w4a16_mma
+
+    recipe = WEIGHT_RECIPES[name]
+    if name.startswith("int4") and recipe.scale_dtype != ("fp16" if dtype == torch.float16 else "bf16"):
+        recipe = breccia.INT4Scaling(group_size=recipe.group_size, symmetric=recipe.symmetric,
+                                     scale_dtype="fp16" if dtype == torch.float16 else "bf16")  # fmt: skip
+    n, k = 40, 192
+    st = breccia.cast(randn(n, k, dtype=dtype, seed=7, scale=0.1), recipe, "weight")
+    op = packing.packed_operands(breccia.relayout(st, breccia.Packed))
+    x = randn(m, k, dtype=dtype, seed=8)
+    kind = w4a16.KINDS[op.kind]
+    fp16 = dtype == torch.float16
+    two_n = m > 8
+    asm, cons = w4a16_mma.mma_asm(kind, fp16, two_n)
+    assert cons.count("=f") == 4 * (2 if two_n else 1)
+    dec = _decoded(st, dtype)
+    lane = torch.arange(32)
+    g, q = lane // 4, lane % 4
+    for t, w in [(0, 0), (1, 2), (2, 1)]:
+        ops = {}
+        nxt = iter(range(1000))
+        for _ in range(8 if two_n else 4):  # outputs
+            next(nxt)
+        words = op.qdata[t, w].contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF  # (32 lanes, 4)
+        for j in range(4):
+            ops[f"${next(nxt)}"] = words[:, j]
+        xw = _words(torch.cat([x, x.new_zeros(16 - m, k)]) if m < 16 else x)  # (16 tokens, k/2)
+        for tok0 in ((0, 8) if two_n else (0,)):
+            for half in (0, 1):  # words 0-3: K 16q + 0..7, words 4-7: + 8..15
+                cols = (64 * w + 16 * q + 8 * half) // 2
+                for j in range(4):
+                    ops[f"${next(nxt)}"] = xw[tok0 + g, cols + j]
+        rows = (16 * t + g, 16 * t + g + 8)
+        grp = (64 * w + 16 * q) // op.group
+        for r in rows:  # scale words: row g, row g + 8 (4 copies each)
+            rr = r.clamp(max=n - 1)
+            if kind == 2:
+                sv = op.scale[rr, grp].float().double() * w4a16_mma.NVFP4_SCALE_MUL
+                b = _to_half_bits(sv, False)
+            else:
+                b = op.scale[rr, grp].view(torch.int16).to(torch.int64) & 0xFFFF
+            reg = f"${next(nxt)}"
+            ops[reg] = b | (b << 16)
+            for _ in range(3):
+                ops[f"${next(nxt)}"] = ops[reg]
+        if kind == 1:
+            for r in rows:
+                rr = r.clamp(max=n - 1)
+                b = _to_half_bits(-(op.zero_point[rr, grp].double() + (1024 if fp16 else 128)), fp16)
+                reg = f"${next(nxt)}"
+                ops[reg] = b | (b << 16)
+                for _ in range(3):
+                    ops[f"${next(nxt)}"] = ops[reg]
+        for _ in range(8 if two_n else 4):  # accumulators in
+            ops[f"${next(nxt)}"] = torch.zeros(32, dtype=torch.float64)
+        assert next(nxt) == len(cons.split(","))
+        regs = _run_ptx(asm, ops, fp16)
+        ks = slice(64 * w, 64 * w + 64)
+        ref = torch.zeros(16, 16, dtype=torch.float64)
+        rows_t = torch.arange(16 * t, 16 * t + 16).clamp(max=n - 1)
+        ref[:, :m] = dec[rows_t][:, ks].double() @ x[:, ks].double().t()
+        if kind == 2:
+            ref = ref * w4a16_mma.NVFP4_PRE  # the kernel multiplies by the global scale * 2**7 at the end
+        for h, tok0 in enumerate((0, 8) if two_n else (0,)):
+            for i, (dr, dc) in enumerate([(0, 0), (0, 1), (8, 0), (8, 1)]):
+                ok = 16 * t + g + dr < n  # rows past N: padding, never stored
+                got = regs[f"${4 * h + i}"][ok]
+                want = ref[g + dr, tok0 + 2 * q + dc][ok]
+                assert torch.allclose(got, want, rtol=1e-9, atol=1e-9 * float(ref.abs().max())), (t, w, h, i)
+
+
+@pytest.mark.parametrize("name", ["int4_g32", "int4_asym_g64", "int4_g16_fp16", "nvfp4"])
+@pytest.mark.parametrize("k", [80, 112])
+def test_kernel_reads_no_scale_past_k(name, k):
+    """K % 64 in (0, 48]: the last window has runs of 16 codes wholly past K
+    (groups of 16 or 32: past the scale grid). Their scale must come from
+    inside the grid: the grids here are views of buffers poisoned (inf /
+    255) after their last element."""
+    n = 40
+    st = breccia.cast(randn(n, k, dtype=torch.bfloat16, seed=9), WEIGHT_RECIPES[name], "weight")
+    op = packing.packed_operands(breccia.relayout(st, breccia.Packed))
+
+    def poisoned(t):
+        if t is None:
+            return None
+        buf = torch.empty(t.numel() + 64, dtype=t.dtype)
+        buf.view(torch.uint8).fill_(0xFF) if t.element_size() == 1 else buf.fill_(float("inf"))
+        buf[: t.numel()] = t.reshape(-1)
+        return buf[: t.numel()].view(t.shape)
+
+    scale, zp = poisoned(op.scale.contiguous()), poisoned(op.zero_point)
+    x = randn(3, k, dtype=torch.bfloat16, seed=10)
+    ref = x.double() @ _decoded(st, torch.bfloat16).double().t()
+    if st.global_scale is not None:
+        ref = ref * st.global_scale.double()
+    for cfg in (Config(32, 1, 1, 4, 2), Config(32, 2, 2, 4, 2)):
+        out = w4a16_mm(x, op.qdata, scale, zp, op.global_scale, None, op.kind, op.group, n, k, torch.float32, cfg)
+        assert torch.isfinite(out).all() and rel_err(out, ref) < 1e-5, cfg

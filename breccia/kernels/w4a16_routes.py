@@ -2,7 +2,7 @@
 
 | operands | route | where |
 | --- | --- | --- |
-| bf16/fp16 activation x INT4 weight (any layout) | Triton W4A16 (:mod:`.triton.w4a16`) | CUDA sm80+ |
+| bf16/fp16 activation x INT4 weight (any layout) | W4A16: the MMA kernel for M <= 16 (:mod:`.triton.w4a16_mma`), else the tensor-core kernel (:mod:`.triton.w4a16`) | CUDA sm80+ |
 | bf16/fp16 activation x NVFP4 weight in ``Packed`` | same | CUDA sm80+ |
 | NVFP4 x NVFP4 (1x16 blocks) | ``torch._scaled_mm`` fp4, Swizzled scales | CUDA sm100+ |
 
