@@ -10,12 +10,13 @@ from .formats import rounding_noise
 from .layouts import Plain
 from .library import dequantize_op, quantize_op, quantize_rowcol_op
 from .quantize import block_for
-from .recipes import ROLES, DelayedScaling, Recipe
+from .recipes import ROLES, WHOLE, DelayedScaling, Recipe
 from .tensor import ScaledTensor
 
 __all__ = ["cast", "cast_with_transpose", "dequantize", "requantize", "as_tensor"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def as_tensor(x: Any, name: str = "x") -> torch.Tensor:
@@ -135,6 +136,13 @@ def dequantize(st: ScaledTensor, dtype: Optional[torch.dtype] = None) -> torch.T
         from .layouts import relayout
 
         st = relayout(st, Plain)
+    if st.qdata.dtype in _FP8_DTYPES and st.scale.dtype == torch.float32 and all(b in (1, WHOLE) for b in st.block):
+        # tensorwise / rowwise FP8: the scale grid broadcasts against the
+        # payload as it is, so decoding is a cast and a multiply in plain torch
+        # ops (the reference's, the same bits eager and compiled), and under
+        # torch.compile Inductor fuses it into the consumer, e.g. the
+        # transposed copy of training's grad-input weight
+        return (st.qdata.to(torch.float32) * st.scale).to(dtype or st.orig_dtype)
     return dequantize_op(
         st.qdata,
         st.scale,
