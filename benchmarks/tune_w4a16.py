@@ -87,7 +87,7 @@ def check(log, quick: bool = False) -> bool:
                     good = e < 1e-5 and ws_clean()
                     ok &= good
                     if not good or cfg is cfgs[0]:
-                        log(f"check {name:44s} {m:3d}x{n}x{k} mma={int(cfg.mma)}{'w' if cfg.warp_split else ''} {cfg.block_n}/{cfg.split_k}/{cfg.num_warps}: rel {e:.1e} {'ok' if good else 'WRONG'}")
+                        log(f"check {name:44s} {m:3d}x{n}x{k} mma={int(cfg.mma)}{'w' if cfg.warp_split else ''} {cfg.block_n}/{cfg.split_k}/{cfg.num_warps} s{cfg.sets} p{cfg.pdl}: rel {e:.1e} {'ok' if good else 'WRONG'}")
                 # bias and bf16/fp16 output, default config
                 bias = torch.randn(n, device="cuda", dtype=dt, generator=g)
                 try:
@@ -134,7 +134,7 @@ def bench(shapes, ms, log) -> dict:
             for kd, op in ops.items():
                 best, times = w4a16.autotune(x, op.qdata, op.scale, op.zero_point, op.global_scale, op.kind, op.group, n, k, save=False)
                 for c, t in sorted(times.items(), key=lambda ct: ct[1]):
-                    log(f"  {kd} M={m} N={n} K={k} {c.block_n}/{c.chunks}/{c.split_k}/{c.num_warps}/{c.num_stages}{' mma' if c.mma else ''}: "
+                    log(f"  {kd} M={m} N={n} K={k} {c.block_n}/{c.chunks}/{c.split_k}/{c.num_warps}/{c.num_stages}{f' mma s{c.sets} p{c.pdl}' if c.mma else ''}: "
                         f"{t * 1e3:.1f} us ({t_bf16 / t:.2f}x)")
                 row[kd] = times[best]
                 row[kd + "_cfg"] = best

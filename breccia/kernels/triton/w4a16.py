@@ -9,7 +9,8 @@ each, in the order the 32 lanes of a warp hold the A operand of
 - M <= 16 on CUDA: the MMA kernel (:mod:`.w4a16_mma`, Gluon + inline PTX):
   each lane decodes its 16 bytes straight into the MMA's registers (a few
   integer and bf16x2 ops per pair of codes), no shared memory, loads two
-  windows ahead; see that module;
+  to four windows ahead, programmatic dependent launch for M <= 8 on sm90;
+  see that module;
 - everything else (M > 16, fp16 x NVFP4, INT4 scales in another dtype than
   the activation, K not a multiple of 16, the CPU interpreter): the
   tensor-core kernel here, below.
@@ -88,6 +89,24 @@ class Config:
     f32: bool = False  # dequantize in fp32 (the same bits, ~1.6x the instructions)
     mma: bool = False  # the per-lane decode + mma.sync kernel (:mod:`.w4a16_mma`), M <= 16
     warp_split: bool = False  # MMA kernel: a program's warps share its tiles and split its K range
+    sets: int = 2  # MMA kernel: windows a warp keeps loading ahead (register sets, 2-4)
+    pdl: int = 0  # MMA kernel, sm90+: programmatic dependent launch (see PDL_MODES)
+
+
+#: ``Config.pdl``: how the MMA kernel uses programmatic dependent launch
+#: (sm90+; the kernel is launched so that it may start before the previous
+#: kernel in the stream has finished, and waits for it before it reads the
+#: activation or touches its output and workspace)
+PDL_MODES = {
+    0: "off",
+    1: "the next kernel may start at once; waits before its first load",
+    2: "the next kernel may start at once; the first windows' weights and scales load before the wait",
+    3: "as 2, the next kernel may start once every program has left its main loop",
+}
+#: False turns programmatic dependent launch off for every call. Modes 2 and 3
+#: read the weight before the previous kernel has finished: a weight written by
+#: the kernel just before the product, on the same stream, needs it off.
+PDL = True
 
 
 def _block_m(m: int) -> int:
@@ -99,12 +118,14 @@ _MMA_WARPS_PER_SM = 20
 
 
 def _mma_config(
-    m: int, n: int, k: int, sms: int, tiles_per_warp: int, num_warps: int = 4, scale: float = 1.0, warp_split: bool = False
+    m: int, n: int, k: int, sms: int, tiles_per_warp: int, num_warps: int = 4, scale: float = 1.0, warp_split: bool = False,
+    sets: int = 2, pdl: int = 0,
 ) -> Config:
     """An MMA-kernel config. Warps on their own tiles: split-K across
     programs so that about ``_MMA_WARPS_PER_SM`` warps per SM (times
     ``scale``) stream the weight, each keeping at least 4 windows. Warps
-    splitting K (``warp_split``): one program per tile group, no split-K."""
+    splitting K (``warp_split``): one program per tile group, no split-K.
+    ``sets`` and ``pdl``: see :class:`Config`."""
     nt = -(-n // 16)
     kw = -(-k // 64)
     if warp_split:  # the program's warps split K; programs do not (no workspace)
@@ -113,7 +134,7 @@ def _mma_config(
         warps = -(-nt // tiles_per_warp)
         split = max(1, min(kw // 4, round(scale * _MMA_WARPS_PER_SM * sms / warps)))
     rows = 16 * tiles_per_warp * (1 if warp_split else num_warps)
-    return Config(rows, 1, split, num_warps, 1, mma=True, warp_split=warp_split)
+    return Config(rows, 1, split, num_warps, 1, mma=True, warp_split=warp_split, sets=sets, pdl=pdl)
 
 
 def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> list[Config]:
@@ -122,7 +143,10 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
 
     MMA kernel: 1, 2 or 4 tiles (16 rows) a warp, 4 (or 8) warps a program
     each on its own tiles, split-K across programs for about 20 resident
-    warps per SM (and half, twice that). (``warp_split`` configs -- a
+    warps per SM (and half, twice that); 2 register sets, and for M <= 8
+    also 1 tile with 4 sets and 1 or 2 tiles with 3 (M = 9..16: 1 tile with
+    3); programmatic dependent launch mode 2 for M <= 8, none above (it was
+    8-15% slower at M = 16, 8192 x 8192, on the H100). (``warp_split`` configs -- a
     program's warps splitting its K range, summed in shared memory instead of
     the workspace -- are correct but were slower on the H100 at every decode
     shape, 20-150 us against 17-50, so the list leaves them out.) Tensor-core
@@ -132,11 +156,19 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
     of 32 or 64 rows (``mma.sync``) and split-K, besides 4-warp 64-row
     programs (one Hopper warpgroup MMA, A from registers)."""
     if m <= 16 and mma:
+        # M <= 8 with programmatic dependent launch (mode 2: it loses for M = 9..16)
+        pdl = 2 if m <= 8 else 0
         out = []
         for tpw in ((1, 2) if m > 8 else (1, 2, 4)):
             for sc in (0.5, 1.0, 2.0):
-                out.append(_mma_config(m, n, k, sms, tpw, 4, sc))
-        out.append(_mma_config(m, n, k, sms, 2, 8, 1.0))
+                out.append(_mma_config(m, n, k, sms, tpw, 4, sc, pdl=pdl))
+        out.append(_mma_config(m, n, k, sms, 2, 8, 1.0, pdl=pdl))
+        if m <= 8:  # three or four windows in flight a warp (72-128 registers)
+            out += [_mma_config(m, n, k, sms, 1, 4, sc, sets=4, pdl=pdl) for sc in (0.5, 1.0, 2.0)]
+            out += [_mma_config(m, n, k, sms, 2, 4, sc, sets=3, pdl=pdl) for sc in (0.5, 0.75, 1.0)]
+            out += [_mma_config(m, n, k, sms, 1, 4, sc, sets=3, pdl=pdl) for sc in (1.0, 2.0)]
+        else:
+            out += [_mma_config(m, n, k, sms, 1, 4, sc, sets=3, pdl=pdl) for sc in (0.5, 1.0)]
         return list(dict.fromkeys(out))
     if m <= 16:
         return [
@@ -155,11 +187,17 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
 
 
 def _heuristic(m: int, n: int, k: int, sms: int, mma: bool = False) -> Config:
-    """A config without timing. MMA kernel: 2 tiles a warp (1 for M > 8),
-    4 warps. Tensor-core kernel: 32-row, 2-warp programs, split-K until ~6
-    programs per SM (each split keeping >= 8 K steps)."""
+    """A config without timing. MMA kernel, M <= 8: 1 tile and 4 windows
+    in flight a warp, or (where that leaves split-K under 3: many rows) 2
+    tiles and 2 windows, programmatic dependent launch (mode 2); M = 9..16:
+    1 tile, 2 windows, no PDL; 4 warps. Tensor-core kernel: 32-row, 2-warp
+    programs, split-K until ~6 programs per SM (each split keeping >= 8 K
+    steps)."""
     if m <= 16 and mma:
-        return _mma_config(m, n, k, sms, 2 if m <= 8 else 1)
+        if m <= 8:
+            cfg = _mma_config(m, n, k, sms, 1, sets=4, pdl=2)
+            return cfg if cfg.split_k >= 3 else _mma_config(m, n, k, sms, 2, pdl=2)
+        return _mma_config(m, n, k, sms, 1)
     if m > 64:
         return candidates(m, n, k)[0]
     tiles = -(-n // 32)
@@ -178,71 +216,72 @@ def _m_bucket(m: int) -> int:
 
 
 #: the fastest correct candidate per (capability major, kind, M bucket, N,
-#: K), as ``benchmarks/bench_decode.py`` tuned them (CUDA-graph timing over
-#: weight copies) on one H100 80GB HBM3, 2026-11-25
-#: (``benchmarks/results/decode-h100.md``); other kinds and shapes fall back
-#: to the heuristic
+#: K), CUDA-graph timing over weight copies on one H100 80GB HBM3
+#: (``benchmarks/results/decode-h100.md``: the MMA kernel's rows, M <= 16,
+#: re-tuned with register sets and programmatic dependent launch; the
+#: tensor-core kernel's as ``benchmarks/bench_decode.py`` tuned them,
+#: 2026-11-25); other kinds and shapes fall back to the heuristic
 TUNED: dict[tuple, Config] = {
-    (9, 'int4_sym', 1, 4096, 4096): Config(64, 1, 16, 4, 1, mma=True),
-    (9, 'int4_sym', 2, 4096, 4096): Config(64, 1, 16, 4, 1, mma=True),
-    (9, 'int4_sym', 4, 4096, 4096): Config(64, 1, 16, 4, 1, mma=True),
-    (9, 'int4_sym', 8, 4096, 4096): Config(64, 1, 16, 4, 1, mma=True),
+    (9, 'int4_sym', 1, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 2, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 4, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 8, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 16, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'int4_sym', 32, 4096, 4096): Config(64, 1, 2, 4, 4),
     (9, 'int4_sym', 64, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 4096, 4096): Config(128, 1, 1, 4, 4),
-    (9, 'int4_sym', 1, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True),
-    (9, 'int4_sym', 2, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True),
-    (9, 'int4_sym', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True),
-    (9, 'int4_sym', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True),
+    (9, 'int4_sym', 1, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 2, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 4, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 8, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 16, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True),
     (9, 'int4_sym', 32, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 64, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
-    (9, 'int4_sym', 1, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
-    (9, 'int4_sym', 2, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
-    (9, 'int4_sym', 4, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
-    (9, 'int4_sym', 8, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
+    (9, 'int4_sym', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 16, 8192, 28672): Config(64, 1, 5, 4, 1, mma=True),
     (9, 'int4_sym', 32, 8192, 28672): Config(64, 1, 2, 4, 4),
     (9, 'int4_sym', 64, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 8192, 28672): Config(128, 1, 1, 4, 4),
-    (9, 'int4_sym', 1, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True),
-    (9, 'int4_sym', 2, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True),
-    (9, 'int4_sym', 4, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True),
-    (9, 'int4_sym', 8, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True),
+    (9, 'int4_sym', 1, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True, pdl=2),
+    (9, 'int4_sym', 2, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True, pdl=2),
+    (9, 'int4_sym', 4, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True, pdl=2),
+    (9, 'int4_sym', 8, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True, pdl=2),
     (9, 'int4_sym', 16, 28672, 8192): Config(128, 1, 6, 4, 1, mma=True),
     (9, 'int4_sym', 32, 28672, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 64, 28672, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 28672, 8192): Config(128, 1, 1, 4, 4),
-    (9, 'nvfp4', 1, 4096, 4096): Config(64, 1, 16, 4, 1, mma=True),
-    (9, 'nvfp4', 2, 4096, 4096): Config(64, 1, 16, 4, 1, mma=True),
-    (9, 'nvfp4', 4, 4096, 4096): Config(64, 1, 16, 4, 1, mma=True),
-    (9, 'nvfp4', 8, 4096, 4096): Config(64, 1, 16, 4, 1, mma=True),
+    (9, 'nvfp4', 1, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 2, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 4, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 8, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'nvfp4', 32, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 64, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 4096, 4096): Config(64, 1, 1, 4, 4),
-    (9, 'nvfp4', 1, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True),
-    (9, 'nvfp4', 2, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True),
-    (9, 'nvfp4', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True),
-    (9, 'nvfp4', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True),
+    (9, 'nvfp4', 1, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 2, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 4, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 8, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True),
     (9, 'nvfp4', 32, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 64, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
-    (9, 'nvfp4', 1, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
-    (9, 'nvfp4', 2, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
-    (9, 'nvfp4', 4, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
-    (9, 'nvfp4', 8, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
+    (9, 'nvfp4', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 16, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
     (9, 'nvfp4', 32, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 64, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 8192, 28672): Config(64, 1, 1, 4, 4),
-    (9, 'nvfp4', 1, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True),
-    (9, 'nvfp4', 2, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True),
-    (9, 'nvfp4', 4, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True),
-    (9, 'nvfp4', 8, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True),
+    (9, 'nvfp4', 1, 28672, 8192): Config(128, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 2, 28672, 8192): Config(128, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 4, 28672, 8192): Config(128, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 8, 28672, 8192): Config(128, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 16, 28672, 8192): Config(128, 1, 6, 4, 1, mma=True),
     (9, 'nvfp4', 32, 28672, 8192): Config(64, 1, 2, 4, 4),
     (9, 'nvfp4', 64, 28672, 8192): Config(32, 2, 2, 2, 4),
@@ -299,6 +338,11 @@ def config_for(device: torch.device, kind: str, m: int, n: int, k: int, mma: boo
     if cfg is None or (cfg.mma and not mma):
         cfg = _heuristic(m, n, k, _sms(device), mma)
     return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -669,15 +713,16 @@ def _launch_mma(x, qdata, scale, zp, gs, bias, kind, group, n, k, out, cfg: Conf
     # windows a program; warp-split programs take all of K (their cross-warp
     # sum is replicated over the warps, which the workspace drain does not take)
     wps = kw if cfg.warp_split else -(-kw // cfg.split_k)
+    sets = cfg.sets
     if cfg.warp_split:  # the warps share the tiles, each takes 1 / nw of the windows
         tpw = max(1, cfg.block_n // 16)
         wpw = -(-wps // nw)
-        wpw += wpw % 2  # the loop decodes windows in pairs
+        wpw += -wpw % sets  # the loop decodes windows in groups of `sets`
         wps = wpw * nw
         tiles = tpw
     else:
         tpw = max(1, cfg.block_n // (16 * nw))  # tiles a warp
-        wps += wps % 2
+        wps += -wps % sets
         wpw = wps
         tiles = tpw * nw
     split = -(-kw // wps)
@@ -688,6 +733,7 @@ def _launch_mma(x, qdata, scale, zp, gs, bias, kind, group, n, k, out, cfg: Conf
     fp16 = x.dtype == torch.float16
     two_n = m > 8
     asm, cons = w4a16_mma.mma_asm(KINDS[kind], fp16, two_n)
+    pdl = cfg.pdl if PDL and _capability_major(x.device.index if x.device.index is not None else torch.cuda.current_device()) >= 9 else 0
     grid = (-(-nt // tiles), split)
     w4a16_mma.w4a16_mma_kernel[grid](
         x, qdata, scale, zp, gs, bias if bias is not None else out, out, ws, cnt,
@@ -695,7 +741,8 @@ def _launch_mma(x, qdata, scale, zp, gs, bias, kind, group, n, k, out, cfg: Conf
         x.stride(0), qdata.stride(0), scale.stride(0), scale.stride(1), zp.stride(0), zp.stride(1),
         out.stride(0), out.stride(1),
         ASM=asm, CONS=cons, KIND=KINDS[kind], FP16=fp16, GROUP=group, HAS_BIAS=bias is not None,
-        TWO_N=two_n, R=tpw, NW=nw, IS_SPLIT=split > 1, WSPLIT=cfg.warp_split, num_warps=nw,
+        TWO_N=two_n, R=tpw, NW=nw, IS_SPLIT=split > 1, WSPLIT=cfg.warp_split, SETS=sets, PDL=pdl,
+        num_warps=nw, launch_pdl=pdl > 0,
     )  # fmt: skip
     return out
 

@@ -20,11 +20,16 @@ window a lane:
 - runs the four MMA steps (eight for M = 9..16: two token halves) into fp32
   accumulators that stay in registers.
 
-Two register sets (even and odd windows) each get reloaded right after
-their decode, so a window's loads land during the other window's decode and
-the loop carries no register copies; no shared memory. Split-K partial sums
-go to the same self-cleaning fp32 workspace and ticket as the tensor-core
-kernel's (:mod:`.w4a16`). ``WSPLIT`` instead lets a program's warps share
+``SETS`` register sets (2-4 windows) each get reloaded right after their
+decode, so a window's loads land during the other sets' decodes and the
+loop carries no register copies; no shared memory. ``PDL`` (sm90+, the
+launch's ``launch_pdl``): the program waits (``griddepcontrol.wait``) for the
+previous kernel in the stream before it reads the activation or touches
+its output and workspace; modes 2 and 3 load the first windows' weights and
+scales before that wait, and the next kernel may start once every program
+has begun (1, 2) or left its main loop (3) -- see ``w4a16.PDL_MODES``.
+Split-K partial sums go to the same self-cleaning fp32 workspace and ticket
+as the tensor-core kernel's (:mod:`.w4a16`). ``WSPLIT`` instead lets a program's warps share
 its tiles and split its windows, summed through shared memory (correct, but
 slower on the H100; never combined with split-K: the summed accumulator is
 replicated over the warps, which the workspace drain does not handle). The PTX needs sm_80 (bf16 fma
@@ -155,19 +160,11 @@ if _HAVE_GLUON:
         return zb | (zb << 16)
 
     @gluon.jit
-    def _load(it, wb3, last3, wb2, wend2, last2, wbs, lasts, wp, w_off, xp, x_off, x_off2, x_ok, x_ok2, kq, K,
-              s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg,
-              KIND: gl.constexpr, GROUP: gl.constexpr, TWO_N: gl.constexpr):  # fmt: skip
-        """The registers of window ``wb + it`` (each warp its own ``wb``, in the
-        three layouts its tensors use): weight words (a window past the warp's
-        range rereads its last one), activation words (zero past K, past M and
-        past the range), scales (and zero points)."""
+    def _load_w(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg,
+                KIND: gl.constexpr, GROUP: gl.constexpr):  # fmt: skip
+        """The weight words of window ``wb + it`` (a window past the warp's
+        range rereads its last one) and its scales (and zero points)."""
         wv = gl.load(wp + w_off + gl.minimum(wb3 + it, last3) * 128)
-        w2 = wb2 + it
-        kok = (w2 * 64 + kq < K) & (w2 < wend2)
-        xw = gl.minimum(w2, last2) * 32
-        xa = gl.load(xp + x_off + xw, mask=x_ok & kok, other=0)
-        xb = gl.load(xp + x_off + xw + 4, mask=x_ok & kok, other=0)
         # a run wholly past K (activation zero) takes the last group's scale: no load leaves the grid
         grp = gl.minimum((gl.minimum(wbs + it, lasts) * 64 + kq3) // GROUP, (K - 1) // GROUP)
         sv = gl.load(s_base + grp * stride_sg)
@@ -178,13 +175,48 @@ if _HAVE_GLUON:
         else:
             zv = sv
             zvb = svb
+        return wv, sv, svb, zv, zvb
+
+    @gluon.jit
+    def _load_x(it, wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq, K, TWO_N: gl.constexpr):
+        """The activation words of window ``wb + it`` (zero past K, past M
+        and past the range)."""
+        w2 = wb2 + it
+        kok = (w2 * 64 + kq < K) & (w2 < wend2)
+        xw = gl.minimum(w2, last2) * 32
+        xa = gl.load(xp + x_off + xw, mask=x_ok & kok, other=0)
+        xb = gl.load(xp + x_off + xw + 4, mask=x_ok & kok, other=0)
         if TWO_N:
             xc = gl.load(xp + x_off2 + xw, mask=x_ok2 & kok, other=0)
             xd = gl.load(xp + x_off2 + xw + 4, mask=x_ok2 & kok, other=0)
         else:
             xc = xa
             xd = xb
+        return xa, xb, xc, xd
+
+    @gluon.jit
+    def _load(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg,
+              wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq,
+              KIND: gl.constexpr, GROUP: gl.constexpr, TWO_N: gl.constexpr):  # fmt: skip
+        """The registers of window ``wb + it`` (each warp its own ``wb``, in the
+        three layouts its tensors use): weight words, activation words,
+        scales (and zero points)."""
+        wv, sv, svb, zv, zvb = _load_w(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8,
+                                       kq3, stride_sg, stride_zg, KIND, GROUP)  # fmt: skip
+        xa, xb, xc, xd = _load_x(it, wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq, K, TWO_N)
         return wv, xa, xb, xc, xd, sv, svb, zv, zvb
+
+    @gluon.jit
+    def _gdc_wait():
+        """Programmatic dependent launch: wait for the previous kernel in the
+        stream to finish (its writes visible)."""
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _gdc_launch():
+        """Programmatic dependent launch: let the next kernel in the stream
+        start its programs (they wait for this one before touching its data)."""
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _step(wv, xa, xb, xc, xd, sv, svb, zv, zvb, acc, acc2, ASM: gl.constexpr, CONS: gl.constexpr,
@@ -248,8 +280,10 @@ if _HAVE_GLUON:
         stride_xm, stride_wt, stride_sn, stride_sg, stride_zn, stride_zg, stride_om, stride_on,
         ASM: gl.constexpr, CONS: gl.constexpr, KIND: gl.constexpr, FP16: gl.constexpr, GROUP: gl.constexpr,
         HAS_BIAS: gl.constexpr, TWO_N: gl.constexpr, R: gl.constexpr, NW: gl.constexpr, IS_SPLIT: gl.constexpr,
-        WSPLIT: gl.constexpr,
+        WSPLIT: gl.constexpr, SETS: gl.constexpr, PDL: gl.constexpr,
     ):  # fmt: skip
+        if PDL == 1 or PDL == 2:  # the next kernel may start its programs (they wait for this one's end)
+            _gdc_launch()
         # [R tiles, 32 * NW lanes, 4 words]: element (r, t, j) is word j of
         # lane t % 32 of warp t // 32, tile r of that warp
         L: gl.constexpr = gl.BlockedLayout([R, 1, 4], [1, 32, 1], [1, NW, 1], [2, 1, 0])
@@ -320,20 +354,65 @@ if _HAVE_GLUON:
 
         acc = gl.zeros([R, T, 4], gl.float32, L)
         acc2 = gl.zeros([R, T, 4], gl.float32, L)
-        # two register sets, A (even windows) and B (odd): a set is reloaded
-        # right after its decode, so each load has the other set's decode to
-        # land in, and the loop carries no register copies. A window past the
+        # SETS register sets (windows it, it + 1, ...): a set is reloaded right
+        # after its decode, so each load has the other sets' decodes to land
+        # in, and the loop carries no register copies. A window past the
         # split's end rereads the last one with the activation masked to zero.
-        LA = (wb3, last3, wb2, wend2, last2, wbs, lasts, wp, w_off, xp, x_off, x_off2, x_ok, x_ok2, kq, K,
-              s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg)  # fmt: skip
-        a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(0, *LA, KIND, GROUP, TWO_N)
-        b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(1, *LA, KIND, GROUP, TWO_N)
-        for it in range(0, WPW, 2):
-            acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-            a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 2, *LA, KIND, GROUP, TWO_N)
-            acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-            b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 3, *LA, KIND, GROUP, TWO_N)
+        LW = (wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg)
+        LX = (wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq)
+        if PDL >= 2:
+            # the first windows' weights and scales before waiting for the
+            # previous kernel (the contract: a weight is not that kernel's
+            # output; ``w4a16.PDL = False`` otherwise); the activation only after
+            a_w, a_s, a_sb, a_z, a_zb = _load_w(0, *LW, KIND, GROUP)
+            b_w, b_s, b_sb, b_z, b_zb = _load_w(1, *LW, KIND, GROUP)
+            if SETS >= 3:
+                c_w, c_s, c_sb, c_z, c_zb = _load_w(2, *LW, KIND, GROUP)
+            if SETS >= 4:
+                d_w, d_s, d_sb, d_z, d_zb = _load_w(3, *LW, KIND, GROUP)
+            _gdc_wait()
+            a_xa, a_xb, a_xc, a_xd = _load_x(0, *LX, K, TWO_N)
+            b_xa, b_xb, b_xc, b_xd = _load_x(1, *LX, K, TWO_N)
+            if SETS >= 3:
+                c_xa, c_xb, c_xc, c_xd = _load_x(2, *LX, K, TWO_N)
+            if SETS >= 4:
+                d_xa, d_xb, d_xc, d_xd = _load_x(3, *LX, K, TWO_N)
+        else:
+            if PDL == 1:
+                _gdc_wait()
+            a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(0, *LW, *LX, KIND, GROUP, TWO_N)
+            b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(1, *LW, *LX, KIND, GROUP, TWO_N)
+            if SETS >= 3:
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(2, *LW, *LX, KIND, GROUP, TWO_N)
+            if SETS >= 4:
+                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(3, *LW, *LX, KIND, GROUP, TWO_N)
+        if SETS == 2:
+            for it in range(0, WPW, 2):
+                acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 2, *LW, *LX, KIND, GROUP, TWO_N)
+                acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N)
+        elif SETS == 3:
+            for it in range(0, WPW, 3):
+                acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N)
+                acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N)
+                acc, acc2 = _step(c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N)
+        else:
+            for it in range(0, WPW, 4):
+                acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N)
+                acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N)
+                acc, acc2 = _step(c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 6, *LW, *LX, KIND, GROUP, TWO_N)
+                acc, acc2 = _step(d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
+                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(it + 7, *LW, *LX, KIND, GROUP, TWO_N)
 
+        if PDL == 3:  # the next kernel may start once every program is past its loads
+            _gdc_launch()
         # C fragment: element j -> row g + 8 * (j // 2), token 2q + j % 2 (+ 8: acc2)
         orow = tile3 * 16 + g3 + 8 * (j3 // 2)
         otok = 2 * q3 + (j3 % 2) + 0 * r3
