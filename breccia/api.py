@@ -81,6 +81,13 @@ def cast(
         amax = recipe.history_amax(amax_history)
     noise = rounding_noise(x.shape, x.device, generator) if spec.stochastic else None
     qdata, scale, gs, zp = quantize_op(x, spec.to_key(), amax, noise, block_amax)
+    return _scaled_tensor(qdata, scale, gs, zp, recipe, role, tuple(x.shape), x.dtype)
+
+
+def _scaled_tensor(qdata, scale, gs, zp, recipe: Recipe, role: str, shape: tuple, in_dtype) -> ScaledTensor:
+    """The ScaledTensor of a quantizer's outputs for an input of ``shape`` and
+    ``in_dtype`` (float64 input reports float32: no kernel produces float64)."""
+    spec = recipe.spec(role)
     return ScaledTensor(
         qdata,
         scale,
@@ -88,9 +95,9 @@ def cast(
         zero_point=zp if spec.has_zero_point else None,
         recipe=recipe,
         role=role,
-        block=block_for(spec.block, x.dim()),
-        shape=tuple(x.shape),
-        orig_dtype=torch.float32 if x.dtype == torch.float64 else x.dtype,
+        block=block_for(spec.block, len(shape)),
+        shape=shape,
+        orig_dtype=torch.float32 if in_dtype == torch.float64 else in_dtype,
     )
 
 
@@ -101,21 +108,14 @@ def cast_with_transpose(x: torch.Tensor, recipe: Recipe, role: str) -> tuple[Sca
     blocks are (1, B) FP8 (Float8BlockScaling, MXFP8BlockScaling); the same
     bits as two casts everywhere."""
     _check_recipe(recipe)
-    if role not in ROLES:
-        raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"x: expected a 2-D float tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    spec = recipe.spec(role)
+    spec = recipe.spec(role)  # (raises for an unknown role)
     if not rowcol_spec(spec):
         raise ValueError(f"recipe: {recipe.name} blocks {spec.block} are not (1, B) FP8 blocks")
     q, s, qt, st = quantize_rowcol_op(x, spec.to_key())
-    dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
-    block = block_for(spec.block, 2)
-
-    def wrap(qdata, scale, shape):
-        return ScaledTensor(qdata, scale, recipe=recipe, role=role, block=block, shape=shape, orig_dtype=dtype)
-
-    return wrap(q, s, tuple(x.shape)), wrap(qt, st, tuple(x.shape[::-1]))
+    rows = _scaled_tensor(q, s, None, None, recipe, role, tuple(x.shape), x.dtype)
+    return rows, _scaled_tensor(qt, st, None, None, recipe, role, tuple(x.shape[::-1]), x.dtype)
 
 
 def rowcol_spec(spec) -> bool:

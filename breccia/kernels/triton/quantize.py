@@ -389,8 +389,6 @@ def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Option
     dev = x.device
     mode = _mode(spec)
     sd = spec.scale_torch_dtype
-    q = torch.empty((M, K), dtype=spec.fmt.storage, device=dev)
-    s = torch.empty((M, triton.cdiv(K, B)), dtype=sd, device=dev)
     qt = torch.empty((K, M), dtype=spec.fmt.storage, device=dev)
     st = torch.empty((K, triton.cdiv(M, B)), dtype=sd, device=dev)
     # H100, 16384 x 14336 bf16 (benchmarks/results/quantize-h100.md): 1x128
@@ -399,22 +397,22 @@ def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Option
     # kernel compute-bound); MX 1x32 one pass 0.54 against 0.65
     cfg = config or (Config(4, 128, 4) if B == 128 else Config(2, 128, 4))
     width = max(cfg.width, B)
-    sv = (lambda t: t) if sd == torch.float32 else (lambda t: t.view(torch.uint8))
-    key = ("rowcol", spec, M, K, cfg, x.dtype, _aligned(x), dev.index) if launch is _fast else None
-    args = (x, q.view(torch.uint8), sv(s), qt.view(torch.uint8), sv(st), M, K, triton.cdiv(K, B), triton.cdiv(M, B))
-    grid = (triton.cdiv(M, B), triton.cdiv(K, width))
-    consts = _fp8_constants(spec.fmt, spec.margin)
     # config.rows picks the implementation: 2 = 2-D tile, 3 = (rows, blocks,
     # width) tile, 4 = two passes: the rowwise block kernel, then the 2-D tile
     # writing the columnwise copy only
     if cfg.rows == 4:
         q, s, _, _ = _run(x, spec, None, None, None, launch)
-        args = (x, q.view(torch.uint8), sv(s)) + args[3:]
+    else:
+        q = torch.empty((M, K), dtype=spec.fmt.storage, device=dev)
+        s = torch.empty((M, triton.cdiv(K, B)), dtype=sd, device=dev)
+    sv = (lambda t: t) if sd == torch.float32 else (lambda t: t.view(torch.uint8))
+    key = ("rowcol", spec, M, K, cfg, x.dtype, _aligned(x), dev.index) if launch is _fast else None
+    args = (x, q.view(torch.uint8), sv(s), qt.view(torch.uint8), sv(st), M, K, triton.cdiv(K, B), triton.cdiv(M, B))
+    grid = (triton.cdiv(M, B), triton.cdiv(K, width))
+    consts = _fp8_constants(spec.fmt, spec.margin)
+    if cfg.rows in (2, 4):
         launch(quant_rowcol2d_kernel, grid, key)(*args, B=B, W=width, MODE=mode, NATIVE=_native(x),
-                                                 num_warps=cfg.warps, ROWS=False, **consts)
-    elif cfg.rows == 2:
-        launch(quant_rowcol2d_kernel, grid, key)(*args, B=B, W=width, MODE=mode, NATIVE=_native(x),
-                                                 num_warps=cfg.warps, ROWS=True, **consts)
+                                                 num_warps=cfg.warps, ROWS=cfg.rows == 2, **consts)
     else:
         launch(quant_rowcol_kernel, grid, key)(*args, B=B, NB=width // B, MODE=mode, NATIVE=_native(x),
                                                num_warps=cfg.warps, **consts)
