@@ -189,14 +189,19 @@ def check_routes() -> list[dict]:
             # the Triton blockwise kernel on shapes cuBLAS would take, too
             if recipe is BLOCK and row.get("route") == "fp8_blockwise_scaled_mm":
                 r2 = dict(recipe=rname, shape=f"{m}x{n}x{k}", route="fp8_blockwise_triton (forced)")
-                b = w_st.t()
-                r2["err_fp32"] = rel_err(cuda_routes.run_blockwise_triton(x_st, b, None, torch.float32), ref)
-                r2["err_bf16"] = rel_err(cuda_routes.run_blockwise_triton(x_st, b, None, torch.bfloat16), ref)
-                fn = lambda: cuda_routes.run_blockwise_triton(x_st, b, None, torch.bfloat16)  # noqa: E731
-                r2["no_sync"] = _no_sync(fn)
-                r2["cuda_graph"] = _graph_ok(fn)
-                rows.append(r2)
+                rows.append(_check_runner(r2, cuda_routes.run_blockwise_triton, x_st, w_st.t(), ref))
     return rows
+
+
+def _check_runner(row: dict, run: Callable, a, b, ref: torch.Tensor) -> dict:
+    """``row`` with a route runner's errors (fp32 and bf16 out) against
+    ``ref``, and whether it runs without a host sync and from a CUDA graph."""
+    row["err_fp32"] = rel_err(run(a, b, None, torch.float32), ref)
+    row["err_bf16"] = rel_err(run(a, b, None, torch.bfloat16), ref)
+    fn = lambda: run(a, b, None, torch.bfloat16)  # noqa: E731
+    row["no_sync"] = _no_sync(fn)
+    row["cuda_graph"] = _graph_ok(fn)
+    return row
 
 
 def check_wgrad_routes() -> list[dict]:
@@ -215,11 +220,7 @@ def check_wgrad_routes() -> list[dict]:
         for name, run in runs.items():
             row = dict(recipe="fp8 blockwise wgrad", shape=f"{m}x{n}x{k}", route=name)
             try:
-                row["err_fp32"] = rel_err(run(a, b, None, torch.float32), ref)
-                row["err_bf16"] = rel_err(run(a, b, None, torch.bfloat16), ref)
-                fn = lambda: run(a, b, None, torch.bfloat16)  # noqa: E731
-                row["no_sync"] = _no_sync(fn)
-                row["cuda_graph"] = _graph_ok(fn)
+                _check_runner(row, run, a, b, ref)
             except Exception as e:  # noqa: BLE001
                 row["cuda_graph"] = "ERROR " + _short(e)
                 traceback.print_exc()
