@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import sys
 import time
@@ -32,6 +33,20 @@ from breccia.demo import write_text_atomic
 from training_variants import breccia_variants  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_fsdp2_tutorial():
+    """tutorials/03_fsdp2.py as a module: its process-group setup and
+    per-block sharding are the ones this benchmark measures (loaded by path,
+    since a file name starting with a digit cannot be imported)."""
+    path = os.path.join(HERE, "..", "tutorials", "03_fsdp2.py")
+    spec = importlib.util.spec_from_file_location("fsdp2_tutorial", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fsdp2_tutorial = _load_fsdp2_tutorial()
 
 
 class Block(nn.Module):
@@ -110,20 +125,12 @@ class AllGatherMeter:
 
 
 def main(argv=None):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="tiny shapes (CPU smoke test)")
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    mesh = init_device_mesh(device.type, (world,))
+    device, mesh = fsdp2_tutorial.init_distributed()
+    rank, world, cuda = dist.get_rank(), dist.get_world_size(), device.type == "cuda"
     d, ffn, heads, layers, seq, batch = (128, 512, 4, 2, 64, 2) if args.small else (4096, 14336, 32, 4, 4096, 2)
     dtype = torch.bfloat16 if cuda else torch.float32
     meter = AllGatherMeter(device)
@@ -132,10 +139,7 @@ def main(argv=None):
     for name, make in variants().items():
         torch.manual_seed(0)
         model = nn.Sequential(*[Block(d, ffn, heads) for _ in range(layers)]).to(device=device, dtype=dtype)
-        model = make(model)
-        for blk in model:
-            fully_shard(blk, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        model = fsdp2_tutorial.shard(make(model), mesh)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.randn(batch, seq, d, device=device, dtype=dtype)
         times = []

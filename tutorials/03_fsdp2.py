@@ -17,6 +17,8 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
 
 import breccia
 
@@ -32,6 +34,27 @@ RECIPES = {
 def make_model(d: int = 256, layers: int = 4) -> nn.Module:
     torch.manual_seed(0)  # every rank starts from the same weights
     return nn.Sequential(*[nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)) for _ in range(layers)])
+
+
+def init_distributed() -> tuple[torch.device, DeviceMesh]:
+    """Join the torchrun job: NCCL on GPUs (one per local rank), gloo on CPU.
+    Returns this rank's device and a 1-D mesh over every rank."""
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return device, init_device_mesh(device.type, (dist.get_world_size(),))
+
+
+def shard(model: nn.Sequential, mesh: DeviceMesh) -> nn.Sequential:
+    """FSDP2-shard ``model`` in place, each block on its own so that each
+    block's weights are all-gathered (low-precision, once converted) just
+    before the block runs; the root call takes whatever is left."""
+    for block in model:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
 
 
 def count_all_gather_bytes():
@@ -51,31 +74,21 @@ def count_all_gather_bytes():
 
 
 def main(argv=None):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", choices=sorted(RECIPES), default="fp8")
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args(argv)
 
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    mesh = init_device_mesh(device.type, (world,))
+    device, mesh = init_distributed()
+    rank = dist.get_rank()
     counted = count_all_gather_bytes()
 
     wire = {}
     for label, recipe in (("fp32", None), (args.recipe, RECIPES[args.recipe])):
         model = make_model().to(device)
         if recipe is not None:
-            breccia.convert(model, recipe, mode="training")
-        for block in model:
-            fully_shard(block, mesh=mesh)  # one all-gather per block
-        fully_shard(model, mesh=mesh)
+            breccia.convert(model, recipe, mode="training")  # before sharding: FSDP2 must see TrainingWeights
+        shard(model, mesh)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         g = torch.Generator(device=device).manual_seed(rank)
         for step in range(args.steps):
