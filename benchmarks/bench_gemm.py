@@ -197,7 +197,9 @@ def sweep() -> str:
         ]:
             a = breccia.cast(x, recipe, "input")
             b = breccia.cast(w, recipe, "weight").t()
-            for c in mod._candidates(m, n, k, True):
+            # the candidate list of an H100 (TMA-readable, wgmma-ready operands)
+            cands = mod._candidates(m, n, k, True, True) if mod is gemm_blockwise else mod._candidates(m, n, k, True)
+            for c in cands:
                 try:
                     args = (a.qdata, a.scale, b.qdata, b.scale, torch.bfloat16)
                     ms = time_ms(lambda: fn(*args, config=c), m < 4096)

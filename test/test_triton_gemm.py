@@ -170,6 +170,106 @@ def test_mx_wgmma_variant_needs_a_hopper_gpu():
         mx_mm(a.qdata, a.scale, b.qdata, b.scale, config=gemm_mx.Config(128, 128, 128, 8, 4, 5))
 
 
+def _emulated_scaled_wgmma(qa, qb, sa_t, sb, slice_k, c, out_dtype, bias, sb_block_n=1):
+    """``gemm_wgmma.scaled_wgmma_mm``'s documented contract in torch: the sum
+    over K slices of each slice's product times its A-row and B-column scales."""
+    for t in (sa_t,) + ((sb,) if sb_block_n == 1 else ()):  # what the kernel's TMA needs
+        assert t.dtype == torch.float32 and t.stride(1) == 1 and t.stride(0) % 4 == 0
+    n = qb.shape[1]
+    out = torch.zeros(qa.shape[0], n)
+    for g in range(sa_t.shape[0]):
+        ks = slice(g * slice_k, (g + 1) * slice_k)
+        sbg = sb[g] if sb_block_n == 1 else sb[g].repeat_interleave(sb_block_n)[:n]
+        out += (qa[:, ks].float() @ qb[ks].float()) * sa_t[g][:, None] * sbg[None, :]
+    return (out if bias is None else out + bias.float()).to(out_dtype)
+
+
+@pytest.mark.parametrize("bn", [128, 64, 256])
+@pytest.mark.parametrize("wgrad", [False, True])
+def test_blockwise_wgmma_variant_scale_plumbing(bn, wgrad, monkeypatch):
+    """Variant 5 hands the shared wgmma kernel the A scales transposed and the
+    B scales as one number a tile (128x128 blocks holding whole tiles) or per
+    column (128x1 blocks, or 128x128 blocks under a 256-wide tile), 16-byte
+    aligned: checked against the kernel's contract, emulated."""
+    from breccia.kernels.triton import gemm_wgmma
+
+    monkeypatch.setattr(gemm_wgmma, "scaled_wgmma_mm", _emulated_scaled_wgmma)
+    m, n, k = 40, 300, 384
+    if wgrad:
+        a, b = wgrad_operands(m, n, k)
+        scale_n = 1
+    else:
+        a, b = operands(BLOCK, m, n, k)
+        scale_n = 128
+    bias = randn(n, seed=3)
+    cfg = gemm_blockwise.Config(64, bn, 128, 4, 4, 5)
+    out = blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, torch.float32, bias, cfg, scale_n=scale_n)
+    assert rel_err(out, deq(a) @ deq(b) + bias) < 1e-5
+
+
+def test_blockwise_wgmma_variant_needs_a_hopper_gpu():
+    """Without a Hopper GPU no candidate list offers variant 5, and the kernel
+    refuses to launch with a clear error."""
+    from breccia.kernels.triton import gemm_wgmma
+
+    for m in (1, 40, 200, 4096):
+        assert all(c.variant != 5 for c in gemm_blockwise._candidates(m, 256, 512, True))
+    assert any(c.variant == 5 for c in gemm_blockwise._candidates(4096, 256, 512, True, True))
+    a, b = operands(BLOCK, 64, 128, 256)
+    assert not gemm_wgmma.wgmma_ok(a.qdata, b.qdata)
+    with pytest.raises(ValueError, match="Hopper"):
+        gemm_wgmma.scaled_wgmma_mm(
+            a.qdata, b.qdata, a.scale.t(), b.scale, 128, gemm_blockwise.Config(128, 128, 128, 8, 4, 5),
+            torch.bfloat16, None, 128,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "cfg,slice_k,scalar",
+    [((128, 128, 128, 8, 4), 128, True), ((64, 128, 128, 4, 6), 128, True), ((128, 128, 256, 8, 3), 32, False)],
+)
+def test_wgmma_kernel_compiles_for_sm90(cfg, slice_k, scalar):
+    """The Gluon kernel cannot run here, but it can be compiled for an H100:
+    this catches a frontend or layout error before it reaches a GPU (the
+    blockwise configs with the weight scale per tile, the MX one per column)."""
+    from breccia.kernels.triton import gemm_wgmma
+
+    if not gemm_wgmma.HAS_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    bm, bn, bk, warps, stages = cfg
+    m, n, k = 512, 512, 1024
+    kb = k // slice_k
+    fp8 = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.float8e4nv)
+    fp8_b = gl.NVMMASharedLayout.get_default_for([bn, bk], gl.float8e4nv)
+    flat = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    desc = gemm_wgmma._GluonDescriptor
+    a_desc = desc(torch.empty(m, k, dtype=torch.float8_e4m3fn), [m, k], [k, 1], [bm, bk], fp8)
+    b_desc = desc(torch.empty(n, k, dtype=torch.float8_e4m3fn), [n, k], [k, 1], [bn, bk], fp8_b)
+    sa_desc = desc(torch.empty(kb, m), [kb, m], [m, 1], [bk // slice_k, bm], flat)
+    sb_desc = sa_desc if scalar else desc(torch.empty(kb, n), [kb, n], [n, 1], [bk // slice_k, bn], flat)
+    sig = dict(
+        a_desc=mangle_type(a_desc), b_desc=mangle_type(b_desc), sa_desc=mangle_type(sa_desc),
+        sb_desc=mangle_type(sb_desc), sb_ptr="*fp32", c_ptr="*bf16", bias_ptr="*bf16",
+        **{name: "i32" for name in ("M", "N", "K", "stride_cm", "stride_cn", "stride_sbk", "stride_sbn")},
+    )  # fmt: skip
+    const = dict(SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=128 if scalar else 1, HAS_BIAS=True,
+                 STAGES=stages, WARPS_N=(16 * warps) // bm, GROUP_M=8, num_warps=warps)  # fmt: skip
+    sig.update({name: "constexpr" for name in const})
+    src = GluonASTSource(
+        gemm_wgmma._scaled_wgmma_kernel, sig, {(list(sig).index(name),): v for name, v in const.items()}
+    )
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    ptx = kernel.asm["ptx"]
+    assert ptx.count("wgmma.mma_async") >= bk // slice_k and "wgmma.wait_group" in ptx
+    assert kernel.metadata.shared <= 227 * 1024  # fits an H100's shared memory
+
+
 @pytest.mark.parametrize("kind", ["blockwise", "mx"])
 def test_every_candidate_config_is_correct(kind):
     """Each tile config the GPU tuner may pick computes the same product."""

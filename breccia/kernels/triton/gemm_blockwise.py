@@ -20,6 +20,10 @@ sm89+. Two ways to load tiles:
 - TMA descriptors (variants 1, 2): K-contiguous operands with 16-byte aligned
   rows; out-of-bounds reads are zeros. Variant 2 also asks Triton to
   warp-specialize the loop (loads in their own warps).
+- asynchronous wgmma (variant 5; Hopper, Gluon, the same operands as TMA):
+  :mod:`.gemm_wgmma` with a 128-wide slice, whose fold of one K step runs
+  while the next step's MMA does (Triton's ``tl.dot`` loop waits for each
+  dot before folding it).
 
 The pointer kernel can also split K over several programs per tile (fp32
 partial tiles summed after; ``Config.split_k``): the MX kernel's decode
@@ -159,7 +163,7 @@ def descriptor(t: torch.Tensor, block: Sequence[int]):
     return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block))
 
 
-def _candidates(m: int, n: int, k: int, tma: bool) -> list[Config]:
+def _candidates(m: int, n: int, k: int, tma: bool, wgmma: bool = False) -> list[Config]:
     # Two fp32 tiles live per program (the accumulator and the step's dot):
     # 128x128 on 8 warps for large M; small M is weight-bandwidth bound: thin
     # tiles, deep pipelines. The last candidate is the portable pointer
@@ -181,6 +185,9 @@ def _candidates(m: int, n: int, k: int, tma: bool) -> list[Config]:
             Config(128, 128, 128, 8, 4, 2),
             Config(128, 128, 128, 8, 3, 2),
         ]
+    if wgmma and m > 256:  # ``wgmma``: variant 5 can run (``gemm_wgmma.wgmma_ok``)
+        # level with variant 1 on 128x128 weight blocks, 1.5-1.7x it on per-column scales (grad-weight)
+        tmas = [Config(128, 128, 256, 8, 3, 5)] + tmas
     return tmas + ptr if tma else ptr
 
 
@@ -374,6 +381,21 @@ def reduce_split_k(
     return out.to(out_dtype)
 
 
+def _launch_wgmma(qa, sa, qb, sb, scale_n: int, c: Config, out_dtype, bias) -> torch.Tensor:
+    """Variant 5: the weight's scale is one number a tile and step when its
+    128-column blocks hold whole tiles, else the kernel reads it per column
+    (128x128 blocks spread over the columns: a small copy)."""
+    from .gemm_wgmma import scaled_wgmma_mm, tma_rows
+
+    bn = c[1]
+    if scale_n % bn == 0:
+        sb_arg, block_n = sb, scale_n
+    else:
+        cols = sb if scale_n == 1 else sb.repeat_interleave(scale_n, dim=1)[:, : qb.shape[1]]
+        sb_arg, block_n = tma_rows(cols), 1
+    return scaled_wgmma_mm(qa, qb, tma_rows(sa.t()), sb_arg, SCALE_BLOCK, c, out_dtype, bias, block_n)
+
+
 def blockwise_mm(
     qa: torch.Tensor,
     sa: torch.Tensor,
@@ -399,10 +421,15 @@ def blockwise_mm(
     bias_arg = bias if bias is not None else sa  # never read without HAS_BIAS
     qbt = qb.t()  # (N, K): K-contiguous for a column-major qb
     use_tma = tma_ok(qa, qbt)
+    from .gemm_wgmma import wgmma_ok  # imports this module
+
+    use_wgmma = use_tma and wgmma_ok(qa, qb)
 
     def launch(c: Config) -> torch.Tensor:
         meta = c.meta
         bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+        if c.variant == 5:
+            return _launch_wgmma(qa, sa, qb, sb, scale_n, c, out_dtype, bias)
         o, split = split_k_output(m, n, c.split_k, out_dtype, qa.device)
         grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn), split)
         common = dict(HAS_BIAS=bias is not None and split == 1, SCALAR_SB=scale_n % bn == 0, GROUP_M=8,
@@ -426,6 +453,7 @@ def blockwise_mm(
         return o
 
     if config is None:
-        key = ("blockwise", scale_n, m_bucket(m), n, k, qa.dtype, qb.dtype, out_dtype, use_tma, qa.device)
-        config = _TUNER.pick(key, _candidates(m, n, k, use_tma), launch)
+        key = ("blockwise", scale_n, m_bucket(m), n, k, qa.dtype, qb.dtype, out_dtype, use_wgmma, use_tma,
+               qa.device)  # fmt: skip
+        config = _TUNER.pick(key, _candidates(m, n, k, use_tma, use_wgmma), launch)
     return launch(config)

@@ -5,13 +5,11 @@
 (ceil(K/32), N)). Hopper's tensor cores take no block scales. Three loops:
 
 - variant 5, asynchronous FP8 wgmma (Hopper, Gluon; the default at large M):
-  a TMA ring of K steps (A (BM, BK), B^T (BN, BK), and the scales decoded to
-  fp32 beforehand, (BK/32, BM) and (BK/32, BN)); in a step, each 32-wide
-  slice is one asynchronous FP8 wgmma into a fresh fp32 tile, and slice s-1
-  is folded, ``acc += p * (sa[:, None] * sb[None, :])``, while slice s's MMA
-  runs. The fold (two fp32 instructions per output element per 32 of K,
-  twice the FP8 MMA's time on an H100) is what bounds it: about 0.6x bf16.
-  Needs K-contiguous payloads with 16-byte aligned rows (``wgmma_ok``).
+  :mod:`.gemm_wgmma` with a 32-wide slice, the scales decoded to fp32
+  beforehand; each slice's fold (two fp32 instructions per output element
+  per 32 of K, twice the FP8 MMA's time on an H100) overlaps the next
+  slice's MMA and is what bounds it: about 0.6x bf16. Needs K-contiguous
+  payloads with 16-byte aligned rows (``wgmma_ok``).
 - variant 0, FP8 dots: the same fold through ``tl.dot``, one dot per 32-wide
   slice, SUB = BLOCK_K / 32 slices a step, unrolled. Triton waits for each
   dot before folding it, so the MMA and the fold never overlap. Portable
@@ -52,22 +50,7 @@ from .gemm_blockwise import (
     reduce_split_k,
     split_k_output,
 )
-
-try:  # Gluon: Triton's explicit-layout dialect (asynchronous wgmma); variant 5 needs it
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        tma,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as _GluonDescriptor
-
-    _GLUON = True
-except Exception:  # an older or newer Triton without this API: variants 0 and 4 only
-    _GLUON = False
+from .gemm_wgmma import scaled_wgmma_mm, wgmma_ok
 
 __all__ = ["mx_mm"]
 
@@ -218,161 +201,10 @@ def _decoded_scales(e: torch.Tensor, transpose: bool) -> torch.Tensor:
     return out[:, :c]
 
 
-if _GLUON:
-
-    @gluon.jit
-    def _wg_load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
-                      step, n_k, off_m, off_n, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
-        """TMA loads of K step ``step`` (payload tiles and their scales) into
-        its ring slot, if the step exists."""
-        SUB: gl.constexpr = BLOCK_K // 32
-        slot = step % STAGES
-        ok = step < n_k
-        bar = ready.index(slot)
-        nbytes: gl.constexpr = (a_desc.block_type.nbytes + b_desc.block_type.nbytes
-                                + sa_desc.block_type.nbytes + sb_desc.block_type.nbytes)  # fmt: skip
-        mbarrier.expect(bar, nbytes, pred=ok)
-        tma.async_copy_global_to_shared(a_desc, [off_m, step * BLOCK_K], bar, a_smem.index(slot), pred=ok)
-        tma.async_copy_global_to_shared(b_desc, [off_n, step * BLOCK_K], bar, b_smem.index(slot), pred=ok)
-        tma.async_copy_global_to_shared(sa_desc, [step * SUB, off_m], bar, sa_smem.index(slot), pred=ok)
-        tma.async_copy_global_to_shared(sb_desc, [step * SUB, off_n], bar, sb_smem.index(slot), pred=ok)
-
-    @gluon.jit
-    def _wg_fold(acc, p, sa_smem, sb_smem, slot, j, rows: gl.constexpr, cols: gl.constexpr):
-        """``acc + p * sa[:, None] * sb[None, :]`` with slice ``j`` of ring
-        slot ``slot``'s scales."""
-        SUB: gl.constexpr = sa_smem.shape[1]
-        flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
-        sa_v = sa_smem._reinterpret(gl.float32, [sa_smem.shape[0] * SUB, sa_smem.shape[2]], flat)
-        sb_v = sb_smem._reinterpret(gl.float32, [sb_smem.shape[0] * SUB, sb_smem.shape[2]], flat)
-        sa = sa_v.index(slot * SUB + j).load(rows)
-        sb = sb_v.index(slot * SUB + j).load(cols)
-        return acc + p * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0))
-
-    @gluon.jit
-    def _mx_wgmma_kernel(
-        a_desc, b_desc, sa_desc, sb_desc, c_ptr, bias_ptr, M, N, K, stride_cm, stride_cn,
-        HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, WARPS_N: gl.constexpr, GROUP_M: gl.constexpr,
-        num_warps: gl.constexpr,
-    ):  # fmt: skip
-        """Variant 5: TMA ring of STAGES K steps (A (BM, BK), B^T (BN, BK),
-        and their fp32 scales (BK/32, BM) and (BK/32, BN)); per step, one
-        asynchronous FP8 wgmma per 32-wide slice into a fresh fp32 tile,
-        the fold of slice s-1 overlapping the MMA of slice s."""
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
-        SUB: gl.constexpr = BLOCK_K // 32
-        pid = gl.program_id(0)
-        num_m = gl.cdiv(M, BLOCK_M)
-        num_n = gl.cdiv(N, BLOCK_N)
-        per_group = GROUP_M * num_n
-        first_m = (pid // per_group) * GROUP_M
-        size_m = gl.minimum(num_m - first_m, GROUP_M)
-        off_m = (first_m + (pid % per_group) % size_m) * BLOCK_M
-        off_n = ((pid % per_group) // size_m) * BLOCK_N
-
-        mma: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[num_warps // WARPS_N, WARPS_N],
-            instr_shape=[16, BLOCK_N // WARPS_N, 32],
-        )  # fmt: skip
-        rows: gl.constexpr = gl.SliceLayout(1, mma)
-        cols: gl.constexpr = gl.SliceLayout(0, mma)
-        a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
-        b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
-        sa_smem = gl.allocate_shared_memory(gl.float32, [STAGES, SUB, BLOCK_M], sa_desc.layout)
-        sb_smem = gl.allocate_shared_memory(gl.float32, [STAGES, SUB, BLOCK_N], sb_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-        n_k = gl.cdiv(K, BLOCK_K)
-        for i in gl.static_range(STAGES):
-            _wg_load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
-                          i, n_k, off_m, off_n, BLOCK_K, STAGES)  # fmt: skip
-
-        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
-        zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
-        for kt in range(n_k):
-            slot = kt % STAGES
-            mbarrier.wait(ready.index(slot), (kt // STAGES) & 1)
-            a_st = a_smem.index(slot)
-            b_st = b_smem.index(slot)
-            a_s = a_st.slice(0, 32, dim=1)
-            b_s = b_st.slice(0, 32, dim=1).permute((1, 0))
-            pending = warpgroup_mma(a_s, b_s, zero, use_acc=False, is_async=True)
-            for s in gl.static_range(1, SUB):
-                a_s = a_st.slice(s * 32, 32, dim=1)
-                b_s = b_st.slice(s * 32, 32, dim=1).permute((1, 0))
-                issued = warpgroup_mma(a_s, b_s, zero, use_acc=False, is_async=True)
-                p = warpgroup_mma_wait(num_outstanding=1, deps=(pending,))
-                acc = _wg_fold(acc, p, sa_smem, sb_smem, slot, s - 1, rows, cols)
-                pending = issued
-            p = warpgroup_mma_wait(num_outstanding=0, deps=(pending,))
-            acc = _wg_fold(acc, p, sa_smem, sb_smem, slot, SUB - 1, rows, cols)
-            # every warp is done with this slot: refill it with step kt + STAGES
-            gl.thread_barrier()
-            fence_async_shared()
-            _wg_load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
-                          kt + STAGES, n_k, off_m, off_n, BLOCK_K, STAGES)  # fmt: skip
-        for i in gl.static_range(STAGES):
-            mbarrier.invalidate(ready.index(i))
-
-        if HAS_BIAS:
-            rn = off_n + gl.arange(0, BLOCK_N, layout=cols)
-            bias = gl.load(bias_ptr + rn, mask=rn < N, other=0.0)
-            acc = acc + gl.expand_dims(bias.to(gl.float32), 0)
-        out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-        out = gl.convert_layout(acc.to(c_ptr.dtype.element_ty), out_layout)
-        om = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))
-        on = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
-        ptrs = c_ptr + gl.expand_dims(om.to(gl.int64) * stride_cm, 1) + gl.expand_dims(on * stride_cn, 0)
-        gl.store(ptrs, out, mask=gl.expand_dims(om < M, 1) & gl.expand_dims(on < N, 0))
-
-
-_GL_FP8 = {torch.float8_e4m3fn: "float8e4nv", torch.float8_e5m2: "float8e5"}
-
-
-def wgmma_ok(qa: torch.Tensor, qb: torch.Tensor) -> bool:
-    """Whether variant 5 can run: Gluon present, a Hopper GPU (wgmma), and
-    both payloads K-contiguous with 16-byte aligned rows (TMA)."""
-    if not _GLUON or interpreting() or qa.device.type != "cuda":
-        return False
-    if torch.cuda.get_device_capability(qa.device) != (9, 0):
-        return False
-    if qa.dtype not in _GL_FP8 or qb.dtype not in _GL_FP8:
-        return False
-    qbt = qb.t()
-    return all(
-        t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (qa, qbt)
-    )
-
-
 def _launch_wgmma(qa, ea, qb, eb, c: Config, out_dtype, bias) -> torch.Tensor:
-    bm, bn, bk, warps, stages = c[:5]
-    if not wgmma_ok(qa, qb) or c.split_k != 1 or bk % 32 or (16 * warps) % bm or bn % ((16 * warps) // bm):
-        raise ValueError(
-            f"mx_mm: config {c!r} needs a Hopper GPU, Gluon and K-contiguous, 16-byte aligned payloads"
-        )
-    m, k = qa.shape
-    n = qb.shape[1]
-    kb = triton.cdiv(k, MX_BLOCK)
-    qbt = qb.t()
-    a_layout = gl.NVMMASharedLayout.get_default_for([bm, bk], getattr(gl, _GL_FP8[qa.dtype]))
-    b_layout = gl.NVMMASharedLayout.get_default_for([bn, bk], getattr(gl, _GL_FP8[qb.dtype]))
-    a_desc = _GluonDescriptor(qa, [m, k], [qa.stride(0), 1], [bm, bk], a_layout)
-    b_desc = _GluonDescriptor(qbt, [n, k], [qbt.stride(0), 1], [bn, bk], b_layout)
-    saf, sbf = _decoded_scales(ea, True), _decoded_scales(eb, False)
-    flat = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
-    sa_desc = _GluonDescriptor(saf, [kb, m], [saf.stride(0), 1], [bk // MX_BLOCK, bm], flat)
-    sb_desc = _GluonDescriptor(sbf, [kb, n], [sbf.stride(0), 1], [bk // MX_BLOCK, bn], flat)
-    out = torch.empty((m, n), dtype=out_dtype, device=qa.device)
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    _mx_wgmma_kernel[grid](
-        a_desc, b_desc, sa_desc, sb_desc, out, bias if bias is not None else out, m, n, k,
-        out.stride(0), out.stride(1), HAS_BIAS=bias is not None, STAGES=stages,
-        WARPS_N=(16 * warps) // bm, GROUP_M=8, num_warps=warps,
-    )  # fmt: skip
-    return out
+    return scaled_wgmma_mm(
+        qa, qb, _decoded_scales(ea, True), _decoded_scales(eb, False), MX_BLOCK, c, out_dtype, bias
+    )
 
 
 def mx_mm(
