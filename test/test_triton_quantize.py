@@ -280,11 +280,12 @@ def test_long_rows_loop(monkeypatch):
     (breccia.MXFP8BlockScaling(), "input"),
     (breccia.MXFP8BlockScaling(scale_rule="rceil", fp8_format="e5m2"), "input"),
 ], ids=["1x128", "1x128_pow2_e5m2", "mx_floor", "mx_rceil_e5m2"])
-@pytest.mark.parametrize("impl", [2, 3, 4], ids=["2d_tile", "3d_tile", "two_pass"])
-def test_rowwise_and_columnwise(recipe, role, impl):
+@pytest.mark.parametrize("impl,width", [(2, 128), (3, 128), (4, 128), (4, 32)],
+                         ids=["2d_tile", "3d_tile", "two_pass", "two_pass_narrow"])
+def test_rowwise_and_columnwise(recipe, role, impl, width):
     spec = recipe.spec(role)
     x = _edge(150, 200).bfloat16()
-    rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, config=tq.Config(impl, 128, 4))
+    rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, config=tq.Config(impl, width, 4))
     assert_bit_exact(rows, quantize_reference(x, spec))
     assert cols.qdata.shape == (200, 150)
     assert_bit_exact(cols, quantize_reference(x.t(), spec))

@@ -345,19 +345,19 @@ def quant_rowcol2d_kernel(
     tl.store(qt_ptr + cols.to(tl.int64)[:, None] * M + rows[None, :], tl.trans(qc),
              mask=col_ok[:, None] & row_ok[None, :])
 
-    if not ROWS:
-        return
-    if W == B:
-        s, f = _fp8_scale(tl.max(bits, axis=1).to(tl.float32, bitcast=True), MODE, FMAX, MARGIN_MUL, TARGET, EMAX,
-                          INV_MAX)
-        tl.store(s_ptr + rows.to(tl.int64) * n_sk + tl.program_id(1), s, mask=row_ok)
-        fr = tl.broadcast_to(f[:, None], (B, W))
-    else:
-        am = tl.max(tl.reshape(bits, (B, W // B, B)), axis=2).to(tl.float32, bitcast=True)
-        s, f = _fp8_scale(am, MODE, FMAX, MARGIN_MUL, TARGET, EMAX, INV_MAX)
-        kb = tl.program_id(1) * (W // B) + tl.arange(0, W // B)
-        tl.store(s_ptr + rows.to(tl.int64)[:, None] * n_sk + kb[None, :], s,
-                 mask=row_ok[:, None] & (kb[None, :] < n_sk))
-        fr = tl.reshape(tl.broadcast_to(f[:, :, None], (B, W // B, B)), (B, W))
-    q = fp8_bits(_apply(x, fr, MODE), E4M3, NATIVE)
-    tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
+    # a branch, not an early return: Triton compiles the code after a constexpr return too
+    if ROWS:
+        if W == B:
+            s, f = _fp8_scale(tl.max(bits, axis=1).to(tl.float32, bitcast=True), MODE, FMAX, MARGIN_MUL, TARGET, EMAX,
+                              INV_MAX)
+            tl.store(s_ptr + rows.to(tl.int64) * n_sk + tl.program_id(1), s, mask=row_ok)
+            fr = tl.broadcast_to(f[:, None], (B, W))
+        else:
+            am = tl.max(tl.reshape(bits, (B, W // B, B)), axis=2).to(tl.float32, bitcast=True)
+            s, f = _fp8_scale(am, MODE, FMAX, MARGIN_MUL, TARGET, EMAX, INV_MAX)
+            kb = tl.program_id(1) * (W // B) + tl.arange(0, W // B)
+            tl.store(s_ptr + rows.to(tl.int64)[:, None] * n_sk + kb[None, :], s,
+                     mask=row_ok[:, None] & (kb[None, :] < n_sk))
+            fr = tl.reshape(tl.broadcast_to(f[:, :, None], (B, W // B, B)), (B, W))
+        q = fp8_bits(_apply(x, fr, MODE), E4M3, NATIVE)
+        tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)

@@ -392,11 +392,13 @@ def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Option
     qt = torch.empty((K, M), dtype=spec.fmt.storage, device=dev)
     st = torch.empty((K, triton.cdiv(M, B)), dtype=sd, device=dev)
     # H100, 16384 x 14336 bf16 (benchmarks/results/quantize-h100.md): 1x128
-    # two passes 0.72 ms against 1.0 for the one-pass tile (its two
-    # correctly rounded divisions per element and the transpose make that
-    # kernel compute-bound); MX 1x32 one pass 0.54 against 0.65
-    cfg = config or (Config(4, 128, 4) if B == 128 else Config(2, 128, 4))
-    width = max(cfg.width, B)
+    # two passes, the columns' tile 128 x 64, 0.56 ms against 0.72 at 128 x 128
+    # and 1.0 for the one-pass tile (its two correctly rounded divisions per
+    # element and the transpose make that kernel compute-bound); MX 1x32 one
+    # pass 0.54 against 0.65
+    cfg = config or (Config(4, 64, 4) if B == 128 else Config(2, 128, 4))
+    # the one-pass tiles also cast rows (W a multiple of B); the columns-only pass takes any W
+    width = cfg.width if cfg.rows == 4 else max(cfg.width, B)
     # config.rows picks the implementation: 2 = 2-D tile, 3 = (rows, blocks,
     # width) tile, 4 = two passes: the rowwise block kernel, then the 2-D tile
     # writing the columnwise copy only

@@ -144,8 +144,8 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
     MMA kernel: 1, 2 or 4 tiles (16 rows) a warp, 4 (or 8) warps a program
     each on its own tiles, split-K across programs for about 20 resident
     warps per SM (and half, twice that); 2 register sets, and for M <= 8
-    also 1 tile with 4 sets and 1 or 2 tiles with 3 (M = 9..16: 1 tile with
-    3); programmatic dependent launch mode 2 for M <= 8, none above (it was
+    also 1 or 2 tiles with 4 sets, 1 or 2 tiles with 3, and 8-warp programs
+    of 1 tile with 3 or 4 (M = 9..16: 1 tile with 3); programmatic dependent launch mode 2 for M <= 8, none above (it was
     8-15% slower at M = 16, 8192 x 8192, on the H100). (``warp_split`` configs -- a
     program's warps splitting its K range, summed in shared memory instead of
     the workspace -- are correct but were slower on the H100 at every decode
@@ -167,6 +167,9 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
             out += [_mma_config(m, n, k, sms, 1, 4, sc, sets=4, pdl=pdl) for sc in (0.5, 1.0, 2.0)]
             out += [_mma_config(m, n, k, sms, 2, 4, sc, sets=3, pdl=pdl) for sc in (0.5, 0.75, 1.0)]
             out += [_mma_config(m, n, k, sms, 1, 4, sc, sets=3, pdl=pdl) for sc in (1.0, 2.0)]
+            # the M <= 8 winners of the second H100 tuning: 2 tiles with 4 sets, 8-warp programs
+            out += [_mma_config(m, n, k, sms, 2, 4, sc, sets=4, pdl=pdl) for sc in (0.75, 1.0)]
+            out += [_mma_config(m, n, k, sms, 1, 8, sc, sets=s, pdl=pdl) for sc in (1.0, 1.2) for s in (3, 4)]
         else:
             out += [_mma_config(m, n, k, sms, 1, 4, sc, sets=3, pdl=pdl) for sc in (0.5, 1.0)]
         return list(dict.fromkeys(out))
@@ -218,70 +221,71 @@ def _m_bucket(m: int) -> int:
 #: the fastest correct candidate per (capability major, kind, M bucket, N,
 #: K), CUDA-graph timing over weight copies on one H100 80GB HBM3
 #: (``benchmarks/results/decode-h100.md``: the MMA kernel's rows, M <= 16,
-#: re-tuned with register sets and programmatic dependent launch; the
+#: re-tuned with register sets and programmatic dependent launch, M <= 8
+#: once more over 2 tiles a warp with 4 sets and 8-warp programs; the
 #: tensor-core kernel's as ``benchmarks/bench_decode.py`` tuned them,
 #: 2026-11-25); other kinds and shapes fall back to the heuristic
 TUNED: dict[tuple, Config] = {
-    (9, 'int4_sym', 1, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 2, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 4, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 8, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 1, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 2, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 4, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 8, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 16, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'int4_sym', 32, 4096, 4096): Config(64, 1, 2, 4, 4),
     (9, 'int4_sym', 64, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 4096, 4096): Config(128, 1, 1, 4, 4),
-    (9, 'int4_sym', 1, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 2, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 4, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 8, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 1, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 2, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 16, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True),
     (9, 'int4_sym', 32, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 64, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
-    (9, 'int4_sym', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'int4_sym', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 16, 8192, 28672): Config(64, 1, 5, 4, 1, mma=True),
     (9, 'int4_sym', 32, 8192, 28672): Config(64, 1, 2, 4, 4),
     (9, 'int4_sym', 64, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 8192, 28672): Config(128, 1, 1, 4, 4),
-    (9, 'int4_sym', 1, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True, pdl=2),
-    (9, 'int4_sym', 2, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True, pdl=2),
-    (9, 'int4_sym', 4, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True, pdl=2),
-    (9, 'int4_sym', 8, 28672, 8192): Config(256, 1, 3, 8, 1, mma=True, pdl=2),
+    (9, 'int4_sym', 1, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 2, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 4, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'int4_sym', 8, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 16, 28672, 8192): Config(128, 1, 6, 4, 1, mma=True),
     (9, 'int4_sym', 32, 28672, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 64, 28672, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 28672, 8192): Config(128, 1, 1, 4, 4),
-    (9, 'nvfp4', 1, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 2, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 4, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 8, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 1, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 2, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 4, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 8, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'nvfp4', 32, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 64, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 4096, 4096): Config(64, 1, 1, 4, 4),
-    (9, 'nvfp4', 1, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 2, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 4, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 8, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 1, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 2, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True),
     (9, 'nvfp4', 32, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 64, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
-    (9, 'nvfp4', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
+    (9, 'nvfp4', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
     (9, 'nvfp4', 32, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 64, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 8192, 28672): Config(64, 1, 1, 4, 4),
-    (9, 'nvfp4', 1, 28672, 8192): Config(128, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 2, 28672, 8192): Config(128, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 4, 28672, 8192): Config(128, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 8, 28672, 8192): Config(128, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 1, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 2, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 4, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
+    (9, 'nvfp4', 8, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 16, 28672, 8192): Config(128, 1, 6, 4, 1, mma=True),
     (9, 'nvfp4', 32, 28672, 8192): Config(64, 1, 2, 4, 4),
     (9, 'nvfp4', 64, 28672, 8192): Config(32, 2, 2, 2, 4),
