@@ -215,7 +215,8 @@ def test_config_choice():
         for c in mma:
             tiles = c.block_n // 16 if c.warp_split else c.block_n // (16 * c.num_warps)
             assert tiles in (1, 2, 4) and c.split_k >= 1 and (c.split_k == 1 or not c.warp_split)
-            assert c.sets in (2, 3, 4) and c.pdl == (2 if m <= 8 else 0)  # PDL only for M <= 8 (slower at 9..16)
+            # PDL for M <= 8; for M = 9..16 only with 2 tiles a warp (slower with 1)
+            assert c.sets in (2, 3, 4) and c.pdl in ((2,) if m <= 8 else (0, 2) if tiles == 2 else (0,))
         cfg = w4a16.config_for(torch.device("cpu"), "int4_sym", m, n, k, mma=True)
         assert cfg.mma and cfg.sets in (2, 3, 4) and cfg.pdl in w4a16.PDL_MODES
     # the heuristic: M <= 8 four windows in flight a warp, two tiles where split-K would drop under 3
@@ -225,10 +226,12 @@ def test_config_choice():
     assert (h.block_n, h.split_k, h.sets, h.pdl) == (128, 3, 2, 2)
     h = w4a16._heuristic(16, 8192, 8192, 132, True)
     assert (h.block_n, h.split_k, h.sets, h.pdl) == (64, 5, 2, 0)
-    # every tuned MMA config is one the tuner could pick: PDL for M <= 8 only, 2-4 register sets
+    # every tuned MMA config is one the tuner could pick: PDL mode 2 for M <= 8 and for 2-tile
+    # configs above, 2-4 register sets
     for (_, _, mb, _, _), c in w4a16.TUNED.items():
         if c.mma:
-            assert c.sets in (2, 3, 4) and c.pdl == (2 if mb <= 8 else 0)
+            tiles = c.block_n // (16 * c.num_warps)
+            assert c.sets in (2, 3, 4) and c.pdl in ((2,) if mb <= 8 else (0, 2) if tiles == 2 else (0,))
     x = torch.zeros(1, 64, dtype=torch.bfloat16)  # CPU (and the interpreter): the tensor-core kernel
     assert not w4a16.mma_applies(x, torch.zeros(1, 1, 32, 16, dtype=torch.uint8), x, "int4_sym", 64)
 

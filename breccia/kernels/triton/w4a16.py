@@ -145,8 +145,10 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
     each on its own tiles, split-K across programs for about 20 resident
     warps per SM (and half, twice that); 2 register sets, and for M <= 8
     also 1 or 2 tiles with 4 sets, 1 or 2 tiles with 3, and 8-warp programs
-    of 1 tile with 3 or 4 (M = 9..16: 1 tile with 3); programmatic dependent launch mode 2 for M <= 8, none above (it was
-    8-15% slower at M = 16, 8192 x 8192, on the H100). (``warp_split`` configs -- a
+    of 1 tile with 3 or 4 (M = 9..16: 1 tile with 3); programmatic dependent
+    launch mode 2 for M <= 8; for M = 9..16 none (8-15% slower with 1 tile a
+    warp at M = 16, 8192 x 8192, on the H100) except 2-tile configs on 2 or 4
+    warps with mode 2, which won there. (``warp_split`` configs -- a
     program's warps splitting its K range, summed in shared memory instead of
     the workspace -- are correct but were slower on the H100 at every decode
     shape, 20-150 us against 17-50, so the list leaves them out.) Tensor-core
@@ -156,7 +158,8 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
     of 32 or 64 rows (``mma.sync``) and split-K, besides 4-warp 64-row
     programs (one Hopper warpgroup MMA, A from registers)."""
     if m <= 16 and mma:
-        # M <= 8 with programmatic dependent launch (mode 2: it loses for M = 9..16)
+        # M <= 8 with programmatic dependent launch (mode 2); M = 9..16 without it, besides
+        # the 2-tile configs below (PDL lost 8-15% with 1 tile a warp, won with 2)
         pdl = 2 if m <= 8 else 0
         out = []
         for tpw in ((1, 2) if m > 8 else (1, 2, 4)):
@@ -172,6 +175,8 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
             out += [_mma_config(m, n, k, sms, 1, 8, sc, sets=s, pdl=pdl) for sc in (1.0, 1.2) for s in (3, 4)]
         else:
             out += [_mma_config(m, n, k, sms, 1, 4, sc, sets=3, pdl=pdl) for sc in (0.5, 1.0)]
+            # the M = 9..16 winners of the second H100 tuning: 2 tiles a warp on 2 or 4 warps, PDL mode 2
+            out += [_mma_config(m, n, k, sms, 2, w, sc, pdl=2) for w in (2, 4) for sc in (0.7, 0.85)]
         return list(dict.fromkeys(out))
     if m <= 16:
         return [
@@ -238,7 +243,7 @@ TUNED: dict[tuple, Config] = {
     (9, 'int4_sym', 2, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 16, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True),
+    (9, 'int4_sym', 16, 8192, 8192): Config(64, 1, 9, 2, 1, mma=True, pdl=2),
     (9, 'int4_sym', 32, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 64, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
@@ -246,7 +251,7 @@ TUNED: dict[tuple, Config] = {
     (9, 'int4_sym', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 16, 8192, 28672): Config(64, 1, 5, 4, 1, mma=True),
+    (9, 'int4_sym', 16, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 32, 8192, 28672): Config(64, 1, 2, 4, 4),
     (9, 'int4_sym', 64, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 8192, 28672): Config(128, 1, 1, 4, 4),
@@ -254,7 +259,7 @@ TUNED: dict[tuple, Config] = {
     (9, 'int4_sym', 2, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 4, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 8, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 16, 28672, 8192): Config(128, 1, 6, 4, 1, mma=True),
+    (9, 'int4_sym', 16, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 32, 28672, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 64, 28672, 8192): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 28672, 8192): Config(128, 1, 1, 4, 4),
@@ -270,7 +275,7 @@ TUNED: dict[tuple, Config] = {
     (9, 'nvfp4', 2, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 16, 8192, 8192): Config(64, 1, 5, 4, 1, mma=True),
+    (9, 'nvfp4', 16, 8192, 8192): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 32, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 64, 8192, 8192): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
@@ -278,7 +283,7 @@ TUNED: dict[tuple, Config] = {
     (9, 'nvfp4', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 16, 8192, 28672): Config(128, 1, 21, 4, 1, mma=True),
+    (9, 'nvfp4', 16, 8192, 28672): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 32, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 64, 8192, 28672): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 8192, 28672): Config(64, 1, 1, 4, 4),
@@ -286,7 +291,7 @@ TUNED: dict[tuple, Config] = {
     (9, 'nvfp4', 2, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 4, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 8, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 16, 28672, 8192): Config(128, 1, 6, 4, 1, mma=True),
+    (9, 'nvfp4', 16, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'nvfp4', 32, 28672, 8192): Config(64, 1, 2, 4, 4),
     (9, 'nvfp4', 64, 28672, 8192): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 28672, 8192): Config(128, 1, 1, 4, 4),
