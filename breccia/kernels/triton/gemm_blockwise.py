@@ -222,6 +222,21 @@ def _k_range(K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _tile(M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's output tile and K steps: ``(pid_n, kt0, kt1, rm, rn,
+    ram, rbn)``. ``rm``/``rn`` index the (masked) store; ``ram``/``rbn`` wrap
+    ragged edges into range for loads (valid rows: no masks in the loop),
+    int64 because offsets of large operands overflow int32."""
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    kt0, kt1 = _k_range(K, BLOCK_K)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ram = (rm % M).to(tl.int64)
+    rbn = (rn % N).to(tl.int64)
+    return pid_n, kt0, kt1, rm, rn, ram, rbn
+
+
+@triton.jit
 def _store_tile(acc, c_ptr, bias_ptr, rm, rn, M, N, stride_cm, stride_cn, HAS_BIAS: tl.constexpr):
     """``acc (+ bias)`` cast to the output dtype, stored inside (M, N)."""
     if HAS_BIAS:
@@ -256,14 +271,7 @@ def _blockwise_kernel(
     """Variant 0: pointer loads. Program (tile, s) of a split-K grid covers
     K steps [s * per, (s + 1) * per) and writes its fp32 partial tile at
     ``c_ptr + s * stride_cs``."""
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    kt0, kt1 = _k_range(K, BLOCK_K)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # wrap ragged edges on load (valid rows: no masks in the loop; the store
-    # is masked); int64 because offsets of large operands overflow int32
-    ram = (rm % M).to(tl.int64)
-    rbn = (rn % N).to(tl.int64)
+    pid_n, kt0, kt1, rm, rn, ram, rbn = _tile(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     rk = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + ram[:, None] * stride_am + rk[None, :] * stride_ak
     b_ptrs = b_ptr + rk[:, None] * stride_bk + rbn[None, :] * stride_bn

@@ -43,9 +43,8 @@ from .gemm_blockwise import (
     Tuner,
     interpreting,
     _empty_product,
-    _k_range,
     _store_tile,
-    _tile_ids,
+    _tile,
     m_bucket,
     reduce_split_k,
     split_k_output,
@@ -112,13 +111,7 @@ def _mx_kernel(
     """Variants 0 and 4 (``BF16_DOT``). Program (tile, s) of a split-K grid
     covers its share of the K steps and writes an fp32 partial tile at
     ``c_ptr + s * stride_cs``."""
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    kt0, kt1 = _k_range(K, BLOCK_K)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # wrap ragged edges on load, mask the store; int64 offsets for big operands
-    ram = (rm % M).to(tl.int64)
-    rbn = (rn % N).to(tl.int64)
+    _, kt0, kt1, rm, rn, ram, rbn = _tile(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     if BF16_DOT:
