@@ -571,3 +571,21 @@ def test_kernel_reads_no_scale_past_k(name, k):
     for cfg in (Config(32, 1, 1, 4, 2), Config(32, 2, 2, 4, 2)):
         out = w4a16_mm(x, op.qdata, scale, zp, op.global_scale, None, op.kind, op.group, n, k, torch.float32, cfg)
         assert torch.isfinite(out).all() and rel_err(out, ref) < 1e-5, cfg
+
+
+def test_mma_kernel_runs_larger_batches_in_16_token_chunks(monkeypatch):
+    """17..64 tokens take the MMA kernel 16 rows a launch: every chunk gets
+    its own rows of the activation and of the output, the same config."""
+    calls = []
+    monkeypatch.setattr(w4a16, "_launch_mma_chunk", lambda x, *a: calls.append((x, a[-2], a[-1])))
+    x = torch.randn(40, 64)
+    out = torch.empty(40, 8)
+    cfg = w4a16.candidates(16, 8, 64, mma=True)[0]
+    assert w4a16._launch_mma(x, None, None, None, None, None, "int4_sym", 32, 8, 64, out, cfg) is out
+    assert [c[0].shape[0] for c in calls] == [16, 16, 8] and all(c[2] is cfg for c in calls)
+    for i, (xc, oc, _) in enumerate(calls):
+        assert xc.data_ptr() == x[16 * i].data_ptr() and oc.data_ptr() == out[16 * i].data_ptr()
+    # the tuner offers them beside the tensor-core configs where the MMA kernel applies
+    with_mma = w4a16.candidates(40, 8192, 8192, mma=True)
+    assert any(c.mma for c in with_mma) and not any(c.mma for c in w4a16.candidates(40, 8192, 8192))
+    assert not any(c.mma for c in w4a16.candidates(w4a16.MMA_MAX_M + 1, 8192, 8192, mma=True))

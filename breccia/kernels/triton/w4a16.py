@@ -141,7 +141,8 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
     """The fixed list the tuner times for an (m, n, k) problem; ``mma``: the
     problem can take the MMA kernel (M <= 16, see :func:`mma_applies`).
 
-    MMA kernel: 1, 2 or 4 tiles (16 rows) a warp, 4 (or 8) warps a program
+    MMA kernel (M <= 16; up to ``MMA_MAX_M`` in 16-token chunks, with the
+    M = 16 list): 1, 2 or 4 tiles (16 rows) a warp, 4 (or 8) warps a program
     each on its own tiles, split-K across programs for about 20 resident
     warps per SM (and half, twice that); 2 register sets, and for M <= 8
     also 1 or 2 tiles with 4 sets, 1 or 2 tiles with 3, and 8-warp programs
@@ -190,7 +191,9 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
             Config(32, 4, 4, 2, 3),
         ]
     if m <= 64:
-        return [Config(32, 2, 2, 2, 4), Config(64, 2, 2, 4, 4), Config(64, 2, 1, 4, 4), Config(64, 1, 2, 4, 4)]
+        tensor_core = [Config(32, 2, 2, 2, 4), Config(64, 2, 2, 4, 4), Config(64, 2, 1, 4, 4), Config(64, 1, 2, 4, 4)]
+        # the MMA kernel in 16-token chunks (``MMA_MAX_M``): the M = 16 list
+        return tensor_core + (candidates(16, n, k, True, sms) if mma and m <= MMA_MAX_M else [])
     return [Config(64, 2, 1, 4, 3), Config(32, 2, 1, 2, 3), Config(128, 1, 1, 4, 4), Config(64, 1, 1, 4, 4)]
 
 
@@ -227,7 +230,8 @@ def _m_bucket(m: int) -> int:
 #: K), CUDA-graph timing over weight copies on one H100 80GB HBM3
 #: (``benchmarks/results/decode-h100.md``: the MMA kernel's rows, M <= 16,
 #: re-tuned with register sets and programmatic dependent launch, M <= 8
-#: once more over 2 tiles a warp with 4 sets and 8-warp programs; the
+#: once more over 2 tiles a warp with 4 sets and 8-warp programs; M = 17..64
+#: the M = 16 config in 16-token chunks where that was faster; the
 #: tensor-core kernel's as ``benchmarks/bench_decode.py`` tuned them,
 #: 2026-11-25); other kinds and shapes fall back to the heuristic
 TUNED: dict[tuple, Config] = {
@@ -236,7 +240,7 @@ TUNED: dict[tuple, Config] = {
     (9, 'int4_sym', 4, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 8, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 16, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
-    (9, 'int4_sym', 32, 4096, 4096): Config(64, 1, 2, 4, 4),
+    (9, 'int4_sym', 32, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'int4_sym', 64, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 4096, 4096): Config(128, 1, 1, 4, 4),
     (9, 'int4_sym', 1, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
@@ -244,31 +248,31 @@ TUNED: dict[tuple, Config] = {
     (9, 'int4_sym', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 16, 8192, 8192): Config(64, 1, 9, 2, 1, mma=True, pdl=2),
-    (9, 'int4_sym', 32, 8192, 8192): Config(32, 2, 2, 2, 4),
-    (9, 'int4_sym', 64, 8192, 8192): Config(32, 2, 2, 2, 4),
+    (9, 'int4_sym', 32, 8192, 8192): Config(64, 1, 9, 2, 1, mma=True, pdl=2),
+    (9, 'int4_sym', 64, 8192, 8192): Config(64, 1, 9, 2, 1, mma=True, pdl=2),
     (9, 'int4_sym', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
     (9, 'int4_sym', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 16, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, pdl=2),
-    (9, 'int4_sym', 32, 8192, 28672): Config(64, 1, 2, 4, 4),
-    (9, 'int4_sym', 64, 8192, 28672): Config(32, 2, 2, 2, 4),
+    (9, 'int4_sym', 32, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, pdl=2),
+    (9, 'int4_sym', 64, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 128, 8192, 28672): Config(128, 1, 1, 4, 4),
     (9, 'int4_sym', 1, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 2, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 4, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 8, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 16, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
-    (9, 'int4_sym', 32, 28672, 8192): Config(32, 2, 2, 2, 4),
-    (9, 'int4_sym', 64, 28672, 8192): Config(32, 2, 2, 2, 4),
+    (9, 'int4_sym', 32, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
+    (9, 'int4_sym', 64, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 128, 28672, 8192): Config(128, 1, 1, 4, 4),
     (9, 'nvfp4', 1, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 2, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 4, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 8, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
-    (9, 'nvfp4', 32, 4096, 4096): Config(32, 2, 2, 2, 4),
+    (9, 'nvfp4', 32, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'nvfp4', 64, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 4096, 4096): Config(64, 1, 1, 4, 4),
     (9, 'nvfp4', 1, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
@@ -276,24 +280,24 @@ TUNED: dict[tuple, Config] = {
     (9, 'nvfp4', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 8192, 8192): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
-    (9, 'nvfp4', 32, 8192, 8192): Config(32, 2, 2, 2, 4),
-    (9, 'nvfp4', 64, 8192, 8192): Config(32, 2, 2, 2, 4),
+    (9, 'nvfp4', 32, 8192, 8192): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
+    (9, 'nvfp4', 64, 8192, 8192): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
     (9, 'nvfp4', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 8192, 28672): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
-    (9, 'nvfp4', 32, 8192, 28672): Config(32, 2, 2, 2, 4),
-    (9, 'nvfp4', 64, 8192, 28672): Config(32, 2, 2, 2, 4),
+    (9, 'nvfp4', 32, 8192, 28672): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
+    (9, 'nvfp4', 64, 8192, 28672): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 128, 8192, 28672): Config(64, 1, 1, 4, 4),
     (9, 'nvfp4', 1, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 2, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 4, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 8, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 16, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
-    (9, 'nvfp4', 32, 28672, 8192): Config(64, 1, 2, 4, 4),
-    (9, 'nvfp4', 64, 28672, 8192): Config(32, 2, 2, 2, 4),
+    (9, 'nvfp4', 32, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
+    (9, 'nvfp4', 64, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'nvfp4', 128, 28672, 8192): Config(128, 1, 1, 4, 4),
 }
 
@@ -363,12 +367,18 @@ def _mma_device_ok(index: int) -> bool:
     return w4a16_mma._HAVE_GLUON
 
 
+#: tokens the MMA kernel takes in one launch, and the most it takes in chunks of that
+MMA_CHUNK_M = 16
+MMA_MAX_M = 64
+
+
 def mma_applies(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, kind: str, k: int) -> bool:
     """Whether the MMA kernel can run this product: CUDA sm80+ with Gluon
-    (not the interpreter), M <= 16, K a multiple of 16, the activation's rows
-    4-byte aligned, INT4 scales in the activation's dtype, NVFP4 with bf16
-    activations (fp16 ones decode in fp32: see the tensor-core kernel)."""
-    if _INTERPRET or x.device.type != "cuda" or x.shape[0] > 16 or k % 16:
+    (not the interpreter), M <= ``MMA_MAX_M`` (16 tokens a launch, chunks of
+    16 beyond), K a multiple of 16, the activation's rows 4-byte aligned,
+    INT4 scales in the activation's dtype, NVFP4 with bf16 activations (fp16
+    ones decode in fp32: see the tensor-core kernel)."""
+    if _INTERPRET or x.device.type != "cuda" or x.shape[0] > MMA_MAX_M or k % 16:
         return False
     if not _mma_device_ok(x.device.index if x.device.index is not None else torch.cuda.current_device()):
         return False
@@ -714,6 +724,15 @@ def w4a16_mm(
 
 
 def _launch_mma(x, qdata, scale, zp, gs, bias, kind, group, n, k, out, cfg: Config) -> torch.Tensor:
+    """The MMA kernel takes 16 tokens a launch; more run as 16-row chunks
+    (the later chunks find much of the weight in L2)."""
+    for r0 in range(0, x.shape[0], MMA_CHUNK_M):
+        _launch_mma_chunk(x[r0 : r0 + MMA_CHUNK_M], qdata, scale, zp, gs, bias, kind, group, n, k,
+                          out[r0 : r0 + MMA_CHUNK_M], cfg)  # fmt: skip
+    return out
+
+
+def _launch_mma_chunk(x, qdata, scale, zp, gs, bias, kind, group, n, k, out, cfg: Config) -> None:
     from . import w4a16_mma
 
     m = x.shape[0]
@@ -753,7 +772,6 @@ def _launch_mma(x, qdata, scale, zp, gs, bias, kind, group, n, k, out, cfg: Conf
         TWO_N=two_n, R=tpw, NW=nw, IS_SPLIT=split > 1, WSPLIT=cfg.warp_split, SETS=sets, PDL=pdl,
         num_warps=nw, launch_pdl=pdl > 0,
     )  # fmt: skip
-    return out
 
 
 def bench_graph(fns: list, min_calls: int = 24, reps: int = 7) -> float:
