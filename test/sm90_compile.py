@@ -1,0 +1,55 @@
+"""Compile ``gemm_wgmma``'s Gluon kernel for an H100 on a machine without one,
+in a process of its own: the Triton interpreter the rest of the suite runs
+under patches the language for the process, which breaks a real compile.
+
+    python test/sm90_compile.py '[[bm, bn, bk, warps, stages, slice_k, scalar], ...]'
+
+prints one JSON object per config: wgmma instructions, waits, shared memory."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def compile_config(bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: int, scalar: bool) -> dict:
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from breccia.kernels.triton import gemm_wgmma
+
+    m, n, k = 512, 512, 1024
+    kb = k // slice_k
+    fp8 = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.float8e4nv)
+    fp8_b = gl.NVMMASharedLayout.get_default_for([bn, bk], gl.float8e4nv)
+    flat = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    desc = gemm_wgmma._GluonDescriptor
+    a_desc = desc(torch.empty(m, k, dtype=torch.float8_e4m3fn), [m, k], [k, 1], [bm, bk], fp8)
+    b_desc = desc(torch.empty(n, k, dtype=torch.float8_e4m3fn), [n, k], [k, 1], [bn, bk], fp8_b)
+    sa_desc = desc(torch.empty(kb, m), [kb, m], [m, 1], [bk // slice_k, bm], flat)
+    sb_desc = sa_desc if scalar else desc(torch.empty(kb, n), [kb, n], [n, 1], [bk // slice_k, bn], flat)
+    sig = dict(
+        a_desc=mangle_type(a_desc), b_desc=mangle_type(b_desc), sa_desc=mangle_type(sa_desc),
+        sb_desc=mangle_type(sb_desc), sb_ptr="*fp32", c_ptr="*bf16", bias_ptr="*bf16",
+        **{name: "i32" for name in ("M", "N", "K", "stride_cm", "stride_cn", "stride_sbk", "stride_sbn")},
+    )  # fmt: skip
+    const = dict(SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=128 if scalar else 1, HAS_BIAS=True,
+                 STAGES=stages, WARPS_N=(16 * warps) // bm, GROUP_M=8, num_warps=warps)  # fmt: skip
+    sig.update({name: "constexpr" for name in const})
+    src = GluonASTSource(
+        gemm_wgmma._scaled_wgmma_kernel, sig, {(list(sig).index(name),): v for name, v in const.items()}
+    )
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    ptx = kernel.asm["ptx"]
+    return {"wgmma": ptx.count("wgmma.mma_async"), "waits": ptx.count("wgmma.wait_group"),
+            "shared": kernel.metadata.shared}  # fmt: skip
+
+
+if __name__ == "__main__":
+    for cfg in json.loads(sys.argv[1]):
+        print(json.dumps(compile_config(*cfg)), flush=True)
