@@ -49,7 +49,7 @@ from .gemm_blockwise import (
     reduce_split_k,
     split_k_output,
 )
-from .gemm_wgmma import scaled_wgmma_mm, wgmma_ok
+from .gemm_wgmma import empty_tma_rows, scaled_wgmma_mm, wgmma_ok
 
 __all__ = ["mx_mm"]
 
@@ -187,11 +187,11 @@ def _decoded_scales(e: torch.Tensor, transpose: bool) -> torch.Tensor:
     ``eb`` (K/32, N) is not."""
     src = e.t() if transpose else e
     r, c = src.shape
-    out = torch.empty((r, (c + 3) // 4 * 4), dtype=torch.float32, device=e.device)
+    out = empty_tma_rows(r, c, e.device)
     grid = (triton.cdiv(r, 16), triton.cdiv(c, 128))
     _decode_scales_kernel[grid](src, out, r, c, src.stride(0), src.stride(1), out.stride(0),
                                 BLOCK_R=16, BLOCK_C=128)  # fmt: skip
-    return out[:, :c]
+    return out
 
 
 def _launch_wgmma(qa, ea, qb, eb, c: Config, out_dtype, bias) -> torch.Tensor:

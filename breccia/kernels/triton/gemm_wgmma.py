@@ -49,7 +49,7 @@ try:  # Gluon: Triton's explicit-layout dialect (asynchronous wgmma)
 except Exception:  # an older or newer Triton without this API: the callers' other variants only
     HAS_GLUON = False
 
-__all__ = ["HAS_GLUON", "wgmma_ok", "scaled_wgmma_mm", "tma_rows"]
+__all__ = ["HAS_GLUON", "wgmma_ok", "scaled_wgmma_mm", "tma_rows", "empty_tma_rows"]
 
 _GL_FP8 = {torch.float8_e4m3fn: "float8e4nv", torch.float8_e5m2: "float8e5"}
 
@@ -70,16 +70,19 @@ def wgmma_ok(qa: torch.Tensor, qb: torch.Tensor) -> bool:
     )
 
 
+def empty_tma_rows(r: int, c: int, device) -> torch.Tensor:
+    """An uninitialised (r, c) fp32 grid whose rows are padded to 16 bytes
+    (TMA wants 16-byte aligned row strides)."""
+    return torch.empty((r, (c + 3) // 4 * 4), dtype=torch.float32, device=device)[:, :c]
+
+
 def tma_rows(s: torch.Tensor) -> torch.Tensor:
     """A 2-D fp32 scale grid as the kernel's TMA reads it: rows contiguous,
     16-byte aligned row stride -- ``s`` itself when it already is (e.g. the
     transpose of an outer-dim-major ``ScaleColumnMajor`` grid), else one copy."""
     if s.stride(1) == 1 and s.stride(0) % 4 == 0 and s.data_ptr() % 16 == 0:
         return s
-    r, c = s.shape
-    out = torch.empty((r, (c + 3) // 4 * 4), dtype=torch.float32, device=s.device)
-    out[:, :c].copy_(s)
-    return out[:, :c]
+    return empty_tma_rows(*s.shape, s.device).copy_(s)
 
 
 if HAS_GLUON:
