@@ -233,68 +233,45 @@ def _m_bucket(m: int) -> int:
 #: once more over 2 tiles a warp with 4 sets and 8-warp programs; M = 17..64
 #: the M = 16 config in 16-token chunks where that was faster; the
 #: tensor-core kernel's as ``benchmarks/bench_decode.py`` tuned them,
-#: 2026-11-25); other kinds and shapes fall back to the heuristic
+#: 2026-11-25); M = 2..8 use the M = 1 entry (the same one-token-block
+#: kernel, tuned at M = 1); other kinds and shapes fall back to the heuristic
 TUNED: dict[tuple, Config] = {
     (9, 'int4_sym', 1, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 2, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 4, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 8, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 16, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'int4_sym', 32, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'int4_sym', 64, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'int4_sym', 128, 4096, 4096): Config(128, 1, 1, 4, 4),
     (9, 'int4_sym', 1, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 2, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 16, 8192, 8192): Config(64, 1, 9, 2, 1, mma=True, pdl=2),
     (9, 'int4_sym', 32, 8192, 8192): Config(64, 1, 9, 2, 1, mma=True, pdl=2),
     (9, 'int4_sym', 64, 8192, 8192): Config(64, 1, 9, 2, 1, mma=True, pdl=2),
     (9, 'int4_sym', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
     (9, 'int4_sym', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'int4_sym', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'int4_sym', 16, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 32, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 64, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 128, 8192, 28672): Config(128, 1, 1, 4, 4),
     (9, 'int4_sym', 1, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 2, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 4, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'int4_sym', 8, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'int4_sym', 16, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 32, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 64, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'int4_sym', 128, 28672, 8192): Config(128, 1, 1, 4, 4),
     (9, 'nvfp4', 1, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 2, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 4, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 8, 4096, 4096): Config(128, 1, 12, 8, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'nvfp4', 32, 4096, 4096): Config(64, 1, 10, 4, 1, mma=True),
     (9, 'nvfp4', 64, 4096, 4096): Config(32, 2, 2, 2, 4),
     (9, 'nvfp4', 128, 4096, 4096): Config(64, 1, 1, 4, 4),
     (9, 'nvfp4', 1, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 2, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 4, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 8, 8192, 8192): Config(128, 1, 10, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 8192, 8192): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 32, 8192, 8192): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 64, 8192, 8192): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 128, 8192, 8192): Config(64, 1, 1, 4, 4),
     (9, 'nvfp4', 1, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 2, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 4, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
-    (9, 'nvfp4', 8, 8192, 28672): Config(128, 1, 8, 4, 1, mma=True, sets=4, pdl=2),
     (9, 'nvfp4', 16, 8192, 28672): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 32, 8192, 28672): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 64, 8192, 28672): Config(64, 1, 8, 2, 1, mma=True, pdl=2),
     (9, 'nvfp4', 128, 8192, 28672): Config(64, 1, 1, 4, 4),
     (9, 'nvfp4', 1, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 2, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 4, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
-    (9, 'nvfp4', 8, 28672, 8192): Config(64, 1, 2, 4, 1, mma=True, sets=3, pdl=2),
     (9, 'nvfp4', 16, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'nvfp4', 32, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
     (9, 'nvfp4', 64, 28672, 8192): Config(128, 1, 7, 4, 1, mma=True, pdl=2),
@@ -348,6 +325,8 @@ def config_for(device: torch.device, kind: str, m: int, n: int, k: int, mma: boo
     not used when it cannot."""
     key = _key(device, kind, m, n, k)
     cfg = _CACHE.get(key) or TUNED.get(key)
+    if cfg is None and key[2] <= 8:  # M = 2..8: the one-token-block kernel's M = 1 entry
+        cfg = TUNED.get(key[:2] + (1,) + key[3:])
     if cfg is None or (cfg.mma and not mma):
         cfg = _heuristic(m, n, k, _sms(device), mma)
     return cfg
