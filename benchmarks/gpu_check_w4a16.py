@@ -172,7 +172,12 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/w4a16-check-h100.md")
     ap.add_argument("--device", default="cuda", help="cpu: a dry run under TRITON_INTERPRET=1")
     ap.add_argument("--quick", action="store_true", help="default config only, two shapes, no route check")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated subset of: {', '.join(RECIPES)}")
     args = ap.parse_args()
+    chosen = args.recipes.split(",")
+    unknown = sorted(set(chosen) - set(RECIPES))
+    if unknown:
+        ap.error(f"--recipes: unknown {unknown}; expected names from {list(RECIPES)}")
     global DEV, QUICK
     DEV, QUICK = args.device, args.quick
     if DEV == "cpu":  # pretend to be an H100 so the router picks the kernel
@@ -199,6 +204,8 @@ def main() -> int:
     ]
     ok = True
     for name, recipe in RECIPES.items():
+        if name not in chosen:
+            continue
         for dtype in (torch.bfloat16, torch.float16):
             if name == "int4 sym g128 fp16-scale" and dtype == torch.bfloat16:
                 continue

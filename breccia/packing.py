@@ -28,6 +28,13 @@ register, no byte shuffling. So:
   nibbles one row, high nibbles the other, K order
   ``64w + (j with bits 0 and 1 swapped)`` for byte ``j``.
 
+NVFP4 words are then bit-shuffled (:data:`E2M1_WORD_PIECES`): the MMA
+kernel builds each bf16x2 A register (sign at bit 15, exponent and mantissa
+at bits 8-6 of each half: the bf16 of value * 2**-126) with one rotation
+and one mask -- one register takes two -- where the nibble order needs a
+mask, a multiply and a mask per register. Bytes, nibbles and K order above
+describe the word before that shuffle (:func:`unshuffle_e2m1_words`).
+
 N and K are padded with zero codes to 16 rows and 64 codes; the padding is
 never read as data (the kernels zero the activation past K and mask rows
 past N). Scales, zero points and the NVFP4 global scale keep their Plain
@@ -54,6 +61,11 @@ __all__ = [
     "CHUNK",
     "LANES",
     "packed_shape",
+    "E2M1_WORD_PIECES",
+    "E2M1_BF16_BITS",
+    "e2m1_register_masks",
+    "shuffle_e2m1_words",
+    "unshuffle_e2m1_words",
     "pack_codes",
     "unpack_codes",
     "packed_incompatibility",
@@ -90,8 +102,80 @@ def _k_order() -> torch.Tensor:
     return (j & ~3) | ((j & 1) << 1) | ((j >> 1) & 1)
 
 
-def pack_codes(codes: torch.Tensor) -> torch.Tensor:
-    """``codes`` (N, K) uint8 in 0..15 -> the Packed payload (see module doc)."""
+#: bf16 bit that code bit c (m, e0, e1, s) of e2m1 lands on in the low half
+#: of an A register (the high half's: + 16): the bf16 of value * 2**-126
+E2M1_BF16_BITS = (6, 7, 8, 15)
+#: NVFP4 word shuffle, as the decoder reads it: (A register i, code bits,
+#: left rotation r) -- register i's listed bits (both halves) are those of
+#: ``rotl(word, r)`` at :data:`E2M1_BF16_BITS`. Three registers take one
+#: rotation each, the fourth two (no four rotations of the bit pattern
+#: {6, 7, 8, 15, 22, 23, 24, 31} tile a 32-bit word).
+E2M1_WORD_PIECES = ((0, (0, 1, 2, 3), 0), (1, (0, 1, 2, 3), 4), (2, (0, 1, 2, 3), 10), (3, (0,), 6), (3, (1, 2, 3), 14))
+
+
+def e2m1_register_masks() -> list[tuple[int, int, int]]:
+    """:data:`E2M1_WORD_PIECES` as (register, rotation, mask of the rotated word)."""
+    out = []
+    for reg, cbits, rot in E2M1_WORD_PIECES:
+        mask = 0
+        for c in cbits:
+            mask |= (1 << E2M1_BF16_BITS[c]) | (1 << (E2M1_BF16_BITS[c] + 16))
+        out.append((reg, rot, mask))
+    return out
+
+
+def _e2m1_bit_moves() -> dict[int, int]:
+    """Nibble-order word bit -> shuffled word bit (a permutation of 0..31)."""
+    moves = {}
+    for reg, cbits, rot in E2M1_WORD_PIECES:
+        for half in (0, 1):
+            for c in cbits:
+                src = 4 * (reg + 4 * half) + c  # nibble reg (+ 4): code bit c
+                dst = (E2M1_BF16_BITS[c] + 16 * half - rot) % 32  # rotl(word, rot) puts it at the bf16 bit
+                moves[src] = dst
+    assert sorted(moves) == sorted(moves.values()) == list(range(32))
+    return moves
+
+
+def _move_bits(words: torch.Tensor, moves: dict[int, int]) -> torch.Tensor:
+    """Words (int64 holding uint32) with bit ``s`` moved to ``moves[s]``: one
+    masked rotation per distinct distance."""
+    by_dist: dict[int, int] = {}
+    for s, d in moves.items():
+        by_dist[(d - s) % 32] = by_dist.get((d - s) % 32, 0) | (1 << s)
+    out = torch.zeros_like(words)
+    for dist, mask in by_dist.items():
+        part = words & mask
+        out |= ((part << dist) | (part >> (32 - dist))) & 0xFFFFFFFF
+    return out
+
+
+def _as_words(qdata: torch.Tensor) -> torch.Tensor:
+    b = qdata.reshape(*qdata.shape[:-1], qdata.shape[-1] // 4, 4).to(torch.int64)
+    return b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
+
+
+def _as_bytes(words: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    shifts = torch.tensor([0, 8, 16, 24], device=words.device)
+    return ((words[..., None] >> shifts) & 0xFF).to(torch.uint8).reshape(shape)
+
+
+def shuffle_e2m1_words(qdata: torch.Tensor) -> torch.Tensor:
+    """Nibble-order Packed bytes (last dim a multiple of 4) -> NVFP4's shuffled words."""
+    return _as_bytes(_move_bits(_as_words(qdata), _e2m1_bit_moves()), qdata.shape)
+
+
+def unshuffle_e2m1_words(qdata: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`shuffle_e2m1_words`."""
+    back = {d: s for s, d in _e2m1_bit_moves().items()}
+    return _as_bytes(_move_bits(_as_words(qdata), back), qdata.shape)
+
+
+def pack_codes(codes: torch.Tensor, element: str) -> torch.Tensor:
+    """``codes`` (N, K) uint8 in 0..15 of ``element`` ("int4" or "e2m1") ->
+    the Packed payload (see module doc)."""
+    if element not in _ELEMENTS:
+        raise ValueError(f"pack_codes: element must be one of {_ELEMENTS}, got {element!r}")
     n, k = codes.shape
     nt, nw, _, _ = packed_shape(n, k)
     padded = codes.new_zeros((nt * ROWS, nw * CHUNK), dtype=torch.uint8)
@@ -100,11 +184,16 @@ def pack_codes(codes: torch.Tensor) -> torch.Tensor:
     c = padded.view(nt, 2, 8, nw, CHUNK)[..., _k_order().to(codes.device)]
     byte = c[:, 0] | (c[:, 1] << 4)  # (tile, g, window, 16q + j)
     byte = byte.view(nt, 8, nw, 4, 16).permute(0, 2, 1, 3, 4)  # (tile, window, g, q, j)
-    return byte.reshape(nt, nw, LANES, 16).contiguous()
+    byte = byte.reshape(nt, nw, LANES, 16).contiguous()
+    return shuffle_e2m1_words(byte) if element == "e2m1" else byte
 
 
-def unpack_codes(qdata: torch.Tensor, n: int, k: int) -> torch.Tensor:
+def unpack_codes(qdata: torch.Tensor, n: int, k: int, element: str) -> torch.Tensor:
     """Inverse of :func:`pack_codes`: the (n, k) uint8 codes."""
+    if element not in _ELEMENTS:
+        raise ValueError(f"unpack_codes: element must be one of {_ELEMENTS}, got {element!r}")
+    if element == "e2m1":
+        qdata = unshuffle_e2m1_words(qdata)
     nt, nw = qdata.shape[0], qdata.shape[1]
     b = qdata.view(nt, nw, 8, 64).permute(0, 2, 1, 3)  # (tile, g, window, 16q + j)
     halves = torch.stack([b & 0xF, b >> 4], dim=1)  # (tile, h, g, window, lane order)
@@ -154,7 +243,7 @@ def to_packed(st: "ScaledTensor") -> "ScaledTensor":
         grids = {k: v.t().contiguous().t() if v is not None else None for k, v in grids.items()}
     else:
         grids = {k: v.contiguous() if v is not None else None for k, v in grids.items()}
-    return st.with_inner(qdata=pack_codes(codes), qlayout=Packed, **grids)
+    return st.with_inner(qdata=pack_codes(codes, st.spec.element), qlayout=Packed, **grids)
 
 
 def from_packed(st: "ScaledTensor") -> "ScaledTensor":
@@ -163,7 +252,7 @@ def from_packed(st: "ScaledTensor") -> "ScaledTensor":
 
     kd = _k_dim(st)
     n, k = (st.shape[1], st.shape[0]) if kd == 0 else (st.shape[0], st.shape[1])
-    codes = unpack_codes(st.qdata, int(n), int(k))
+    codes = unpack_codes(st.qdata, int(n), int(k), st.spec.element)
     if kd == 0:
         codes = codes.t()
     grids = {"scale": st.scale.contiguous()}

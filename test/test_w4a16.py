@@ -20,7 +20,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from breccia.kernels.triton import w4a16  # noqa: E402
-from breccia.kernels.triton.w4a16 import Config, _bits16, w4a16_mm  # noqa: E402
+from breccia.kernels.triton.w4a16 import Config, _bits16, _e2m1_bits, w4a16_mm  # noqa: E402
 
 INT4 = breccia.INT4Scaling(group_size=32)
 INT4_ASYM = breccia.INT4Scaling(group_size=64, symmetric=False)
@@ -57,7 +57,7 @@ def test_pack_codes_order():
     4s + b holds row 16t + g (low nibble) and row 16t + g + 8 (high) at
     K = 64w + 16q + 4s + (0, 2, 1, 3)[b]."""
     codes = torch.randint(0, 16, (37, 150), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    p = packing.pack_codes(codes)
+    p = packing.pack_codes(codes, "int4")
     assert p.shape == packing.packed_shape(37, 150) == (3, 3, 32, 16)
     for t, w, lane, byte in [(0, 0, 0, 0), (0, 1, 5, 7), (1, 2, 31, 15), (2, 0, 17, 6), (2, 2, 9, 3), (1, 1, 12, 9)]:
         g, q, s, b = lane // 4, lane % 4, byte // 4, byte % 4
@@ -67,13 +67,44 @@ def test_pack_codes_order():
             assert nib == (int(codes[row, k]) if row < 37 and k < 150 else 0)  # padding: zero codes
     t2 = p[2].view(3, 8, 4, 16)  # tile 2: (window, g, q, byte)
     assert int((t2 >> 4).max()) == 0 and int((t2[:, 5:] & 0xF).max()) == 0  # rows 37..47: zero codes
-    assert torch.equal(packing.unpack_codes(p, 37, 150), codes)
+    assert torch.equal(packing.unpack_codes(p, 37, 150, "int4"), codes)
     # a lane's 32-bit word s, nibble pairs (i, i + 4): the A registers of MMA step s
     word = p[1, 1, 6].view(torch.int32)[2].item() & 0xFFFFFFFF
     g, q = 1, 2
     for i, (row, k0) in enumerate([(g, 0), (g + 8, 0), (g, 2), (g + 8, 2)]):
         k = 64 + 16 * q + 8 + k0
         assert (word >> 4 * i) & 0xF == int(codes[16 + row, k]) and (word >> 4 * (i + 4)) & 0xF == int(codes[16 + row, k + 1])
+
+
+def test_pack_codes_e2m1_word_shuffle():
+    """NVFP4 words: the nibble-order word bit-shuffled so that A register i
+    of MMA step s is the OR over its pieces of ``rotl(word, r) & mask``
+    (packing.E2M1_WORD_PIECES), each half the bf16 bits of the code's value
+    * 2**-126 -- values from ml_dtypes' float4_e2m1fn, not breccia's table."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import numpy as np
+
+    codes = torch.randint(0, 16, (37, 150), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    p = packing.pack_codes(codes, "e2m1")
+    assert torch.equal(packing.unpack_codes(p, 37, 150, "e2m1"), codes)
+    assert torch.equal(packing.unshuffle_e2m1_words(p), packing.pack_codes(codes, "int4"))
+    values = np.arange(16, dtype=np.uint8).view(ml_dtypes.float4_e2m1fn).astype(np.float32)
+    bf16_bits = (torch.from_numpy(values) * 2.0**-126).to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+    assert int(bf16_bits[1]) == 0x0040  # 0.5 * 2**-126: bf16's subnormal, kept (no flush)
+
+    def rotl(w, r):
+        return ((w << r) | (w >> (32 - r))) & 0xFFFFFFFF if r else w
+
+    for t, w, lane, s in [(0, 0, 0, 0), (1, 1, 6, 2), (2, 2, 31, 3), (1, 0, 13, 1)]:
+        g, q = lane // 4, lane % 4
+        word = p[t, w, lane].view(torch.int32)[s].item() & 0xFFFFFFFF
+        regs = [0, 0, 0, 0]
+        for i, rot, mask in packing.e2m1_register_masks():
+            regs[i] |= rotl(word, rot) & mask
+        for i, (row, k0) in enumerate([(g, 0), (g + 8, 0), (g, 2), (g + 8, 2)]):
+            r, k = 16 * t + row, 64 * w + 16 * q + 4 * s + k0
+            want = [int(bf16_bits[int(codes[r, kk])]) if r < 37 and kk < 150 else 0 for kk in (k, k + 1)]
+            assert [regs[i] & 0xFFFF, regs[i] >> 16] == want, (t, w, lane, s, i)
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHT_RECIPES))
@@ -129,25 +160,48 @@ def _bits_kernel(b_ptr, lo_ptr, hi_ptr, KIND: tl.constexpr, DT: tl.constexpr):
     tl.store(hi_ptr + i, hi)
 
 
-@pytest.mark.parametrize(
-    "kind,dtype", [(0, torch.bfloat16), (0, torch.float16), (1, torch.bfloat16), (1, torch.float16), (2, torch.bfloat16)]
-)
+@pytest.mark.parametrize("kind,dtype", [(0, torch.bfloat16), (0, torch.float16), (1, torch.bfloat16), (1, torch.float16)])
 def test_gpu_decode_bits(kind, dtype):
-    """The 16-bit patterns the GPU's decode starts from (integer ops, so the
-    interpreter runs them): every byte's two nibbles."""
+    """INT4: the 16-bit patterns the GPU's decode starts from (integer ops,
+    so the interpreter runs them): every byte's two nibbles."""
     b = torch.arange(256, dtype=torch.uint8)
     lo, hi = torch.empty(256, dtype=torch.int16), torch.empty(256, dtype=torch.int16)
     _bits_kernel[(1,)](b, lo, hi, kind, tl.bfloat16 if dtype == torch.bfloat16 else tl.float16)
     lv, hv = lo.view(dtype).float(), hi.view(dtype).float()
     cl, ch = (b & 15).long(), (b >> 4).long()
-    if kind == 2:  # e2m1 value * 2**-126, code 1 a bf16 subnormal
-        want_lo = formats.decode_e2m1(cl) * 2.0**-126
-        want_hi = formats.decode_e2m1(ch) * 2.0**-126
-    else:  # 2**7 / 2**10 + unit * (code, sign bit flipped when symmetric)
-        base, unit_hi = (128, 1) if dtype == torch.bfloat16 else (1024, 16)
-        f = (lambda c: c ^ 8) if kind == 0 else (lambda c: c)
-        want_lo, want_hi = (base + f(cl)).float(), (base + unit_hi * f(ch)).float()
+    # 2**7 / 2**10 + unit * (code, sign bit flipped when symmetric)
+    base, unit_hi = (128, 1) if dtype == torch.bfloat16 else (1024, 16)
+    f = (lambda c: c ^ 8) if kind == 0 else (lambda c: c)
+    want_lo, want_hi = (base + f(cl)).float(), (base + unit_hi * f(ch)).float()
     assert torch.equal(lv, want_lo) and torch.equal(hv, want_hi)
+
+
+@triton.jit
+def _e2m1_bits_kernel(b_ptr, lo_ptr, hi_ptr):
+    i = tl.arange(0, 8 * 64)
+    b = tl.reshape(tl.load(b_ptr + i), (8, 4, 4, 4))
+    lo, hi = _e2m1_bits(b, 8, 4)
+    o = tl.reshape(i, (8, 4, 16))
+    tl.store(lo_ptr + o, lo)
+    tl.store(hi_ptr + o, hi)
+
+
+def test_gpu_decode_bits_e2m1():
+    """NVFP4: the tensor-core kernel's decode of one shuffled window (rows
+    g and g + 8 of its 8 row pairs, 64 contiguous bytes each) gives, in K
+    order, the bf16 bits of value * 2**-126 (code 1 a bf16 subnormal) for
+    every code -- values from ml_dtypes' float4_e2m1fn."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import numpy as np
+
+    codes = torch.randint(0, 16, (16, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    codes[0, :16] = torch.arange(16, dtype=torch.uint8)  # every code at least once
+    p = packing.pack_codes(codes, "e2m1")
+    lo, hi = torch.empty(8, 64, dtype=torch.int32), torch.empty(8, 64, dtype=torch.int32)
+    _e2m1_bits_kernel[(1,)](p[0, 0].reshape(-1), lo, hi)
+    values = torch.from_numpy(np.arange(16, dtype=np.uint8).view(ml_dtypes.float4_e2m1fn).astype(np.float32))
+    bits = ((values * 2.0**-126).to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF)[codes.long()]
+    assert torch.equal(lo, bits[:8]) and torch.equal(hi, bits[8:])
 
 
 def _decoded(st, dtype):
@@ -438,14 +492,10 @@ def _run_ptx(asm: str, operands: dict, fp16: bool) -> dict:
             r = src[0]
         elif op == "shr.u32":
             r = (src[0] & mask32) >> src[1]
-        elif op == "shl.b32":
-            r = (src[0] << src[1]) & mask32
         elif op == "and.b32":
             r = src[0] & src[1]
-        elif op == "or.b32":
-            r = src[0] | src[1]
-        elif op == "mul.lo.u32":
-            r = (src[0] * src[1]) & mask32
+        elif op == "shf.l.wrap.b32":  # funnel shift of (hi:lo) = (src1:src0), upper word
+            r = ((((src[1] & mask32) << 32) | (src[0] & mask32)) << (src[2] % 32)) >> 32
         elif op == "lop3.b32":
             a, b, c, lut = src
             r = torch.zeros_like(a)

@@ -71,6 +71,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ... import packing
+
 __all__ = ["Config", "candidates", "config_for", "mma_applies", "autotune", "bench_graph", "w4a16_mm", "KINDS"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -405,76 +407,112 @@ def _dequant(
     byte, s, z, HI: tl.constexpr, KIND: tl.constexpr, DT: tl.constexpr, SCALE_IN_DT: tl.constexpr,
     F32: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
-    """The low (``HI`` False) or high nibbles of Packed bytes, decoded and
-    times their scales, exact in DT (module doc). ``F32``: the arithmetic in
-    fp32, rounded once at the end -- the same bits (the interpreter, which has
-    no bf16 arithmetic, always takes it; so does NVFP4 with fp16). The
-    16-bit paths start from :func:`_bits16`."""
+    """INT4: the low (``HI`` False) or high nibbles of Packed bytes, decoded
+    and times their scales, exact in DT (module doc). ``F32``: the arithmetic
+    in fp32, rounded once at the end -- the same bits (the interpreter, which
+    has no bf16 arithmetic, always takes it). The 16-bit paths start from
+    :func:`_bits16`."""
     if F32:
         code = (byte >> 4) if HI else (byte & 0xF)
-        if KIND == 2:
-            # e2m1 (s e1 e0 m) -> fp32 bits s.0000000.e1 e0 m: v * 2**-126 (code 1: subnormal)
-            c = code.to(tl.int32)
-            v = (((c & 8) << 28) | ((c & 7) << 22)).to(tl.float32, bitcast=True) * 8.507059173023462e37
-            bs = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-            return _to_dt(v * (bs * _nvfp4_pre(DT)), DT, INTERPRET)  # exact
-        else:
-            u = (code ^ 8) if KIND == 0 else code  # two's complement nibble -> q + 8
-            zf = 8.0 if KIND == 0 else z.to(tl.float32)
-            # 2**23 + u exactly (u in the low mantissa bits), minus the offset
-            v = (u.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - (zf + 8388608.0)
-            return _to_dt(v * s.to(tl.float32), DT, INTERPRET)
-    bits, unit = _bits16(byte, HI, KIND, DT)
-    if KIND == 2:
-        # the bits are v * 2**-126 in bf16 (code 1: subnormal); times
-        # bs * 2**119 (normal): v * bs * 2**-7, exact
-        bs = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        return bits.to(DT, bitcast=True) * (bs * 6.646139978924579e35).to(DT)
-    else:
-        # the bits are 2**7 (bf16) or 2**10 (fp16) + unit * u, exactly
-        base: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
+        u = (code ^ 8) if KIND == 0 else code  # two's complement nibble -> q + 8
         zf = 8.0 if KIND == 0 else z.to(tl.float32)
-        v = bits.to(DT, bitcast=True) - (base + unit * zf).to(DT)  # unit * (q - zero point), exact
-        if SCALE_IN_DT:
-            return v * (s.to(tl.float32) * (1.0 / unit)).to(DT)
-        else:  # the scale's dtype is not the dot's: multiply in fp32, round once
-            return (v.to(tl.float32) * (s.to(tl.float32) * (1.0 / unit))).to(DT)
+        # 2**23 + u exactly (u in the low mantissa bits), minus the offset
+        v = (u.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - (zf + 8388608.0)
+        return _to_dt(v * s.to(tl.float32), DT, INTERPRET)
+    bits, unit = _bits16(byte, HI, KIND, DT)
+    # the bits are 2**7 (bf16) or 2**10 (fp16) + unit * u, exactly
+    base: tl.constexpr = 128.0 if DT == tl.bfloat16 else 1024.0
+    zf = 8.0 if KIND == 0 else z.to(tl.float32)
+    v = bits.to(DT, bitcast=True) - (base + unit * zf).to(DT)  # unit * (q - zero point), exact
+    if SCALE_IN_DT:
+        return v * (s.to(tl.float32) * (1.0 / unit)).to(DT)
+    else:  # the scale's dtype is not the dot's: multiply in fp32, round once
+        return (v.to(tl.float32) * (s.to(tl.float32) * (1.0 / unit))).to(DT)
 
 
 @triton.jit
 def _bits16(byte, HI: tl.constexpr, KIND: tl.constexpr, DT: tl.constexpr):
-    """The 16-bit pattern the fast (non-F32) decode starts from, and the
-    power of two it carries for INT4 (``unit``). Integer ops only: the CPU
-    tests check these bits under the interpreter.
-
-    - NVFP4 (bf16): ``s.0000000.e1 e0 m``, v * 2**-126; code 1 (0.5) lands on
-      bf16's subnormal of the same value.
-    - INT4: the code (sign bit flipped for two's complement: q + 8) ORed into
-      the mantissa of 2**7 (bf16, 7 mantissa bits) or 2**10 (fp16, 10 bits).
-      fp16 decodes the high nibble in place (bits 4-7: unit 16); bf16 has no
-      room above bit 6, so its high nibble is shifted down (unit 1)."""
+    """INT4: the 16-bit pattern the fast (non-F32) decode starts from, and
+    the power of two it carries (``unit``): the code (sign bit flipped for
+    two's complement: q + 8) ORed into the mantissa of 2**7 (bf16, 7 mantissa
+    bits) or 2**10 (fp16, 10 bits). fp16 decodes the high nibble in place
+    (bits 4-7: unit 16); bf16 has no room above bit 6, so its high nibble is
+    shifted down (unit 1). Integer ops only: the CPU tests check these bits
+    under the interpreter."""
     b16 = byte.to(tl.int16)
-    if KIND == 2:  # bf16 only: fp16 NVFP4 takes the F32 path (its v * bs could be subnormal)
-        if HI:
-            bits = ((b16 << 8) & -32768) | ((b16 << 2) & 0x01C0)
-        else:
-            bits = ((b16 << 12) & -32768) | ((b16 << 6) & 0x01C0)
-        return bits, 1.0
+    flip: tl.constexpr = 0x80 if HI else 0x08
+    if HI and DT == tl.bfloat16:
+        u = (b16 >> 4) & 0x0F
+        flip2: tl.constexpr = 0x08
+        unit: tl.constexpr = 1.0
     else:
-        flip: tl.constexpr = 0x80 if HI else 0x08
-        if HI and DT == tl.bfloat16:
-            u = (b16 >> 4) & 0x0F
-            flip2: tl.constexpr = 0x08
-            unit: tl.constexpr = 1.0
-        else:
-            mask: tl.constexpr = 0xF0 if HI else 0x0F
-            u = b16 & mask
-            flip2: tl.constexpr = flip
-            unit: tl.constexpr = 16.0 if HI else 1.0
-        if KIND == 0:
-            u = u ^ flip2
-        magic: tl.constexpr = 0x4300 if DT == tl.bfloat16 else 0x6400
-        return u | magic, unit
+        mask: tl.constexpr = 0xF0 if HI else 0x0F
+        u = b16 & mask
+        flip2: tl.constexpr = flip
+        unit: tl.constexpr = 16.0 if HI else 1.0
+    if KIND == 0:
+        u = u ^ flip2
+    magic: tl.constexpr = 0x4300 if DT == tl.bfloat16 else 0x6400
+    return u | magic, unit
+
+
+# NVFP4's word shuffle (packing.E2M1_WORD_PIECES): registers 0-2 one
+# (rotation, mask) each, register 3 two -- the structure _e2m1_bits is written for
+_E2M1 = packing.e2m1_register_masks()
+assert [reg for reg, _, _ in _E2M1] == [0, 1, 2, 3, 3], _E2M1
+_E2M1_R0: tl.constexpr = tl.constexpr(_E2M1[0][1])
+_E2M1_M0: tl.constexpr = tl.constexpr(_E2M1[0][2])
+_E2M1_R1: tl.constexpr = tl.constexpr(_E2M1[1][1])
+_E2M1_M1: tl.constexpr = tl.constexpr(_E2M1[1][2])
+_E2M1_R2: tl.constexpr = tl.constexpr(_E2M1[2][1])
+_E2M1_M2: tl.constexpr = tl.constexpr(_E2M1[2][2])
+_E2M1_R3: tl.constexpr = tl.constexpr(_E2M1[3][1])
+_E2M1_M3: tl.constexpr = tl.constexpr(_E2M1[3][2])
+_E2M1_R3B: tl.constexpr = tl.constexpr(_E2M1[4][1])
+_E2M1_M3B: tl.constexpr = tl.constexpr(_E2M1[4][2])
+
+
+@triton.jit
+def _rotl_masked(w, ROT: tl.constexpr, MASK: tl.constexpr):
+    """``rotl(w, ROT) & MASK`` on uint32 words."""
+    if ROT == 0:
+        r = w
+    else:
+        r = (w << ROT) | (w >> (32 - ROT))
+    return r & MASK
+
+
+@triton.jit
+def _e2m1_bits(b, HP: tl.constexpr, RUNS: tl.constexpr):
+    """NVFP4: Packed bytes ``(HP, RUNS, 4 words, 4)`` -> the bf16 bits
+    ``s.0000000.e1 e0 m`` (value * 2**-126; code 1 lands on bf16's subnormal
+    0.5 * 2**-126) of the low and of the high rows, ``(HP, RUNS, 16)`` int32
+    in K order: the MMA kernel's decode, one word at a time."""
+    x02, x13 = tl.split(tl.reshape(b.to(tl.uint32), (HP, RUNS, 4, 2, 2)))
+    b0, b2 = tl.split(x02)
+    b1, b3 = tl.split(x13)
+    w = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+    a0 = _rotl_masked(w, _E2M1_R0, _E2M1_M0)  # (row g, K + 0 | + 1)
+    a1 = _rotl_masked(w, _E2M1_R1, _E2M1_M1)  # (row g + 8, K + 0 | + 1)
+    a2 = _rotl_masked(w, _E2M1_R2, _E2M1_M2)  # (row g, K + 2 | + 3)
+    a3 = _rotl_masked(w, _E2M1_R3, _E2M1_M3) | _rotl_masked(w, _E2M1_R3B, _E2M1_M3B)  # (row g + 8, K + 2 | + 3)
+    lo = tl.join(tl.join(a0 & 0xFFFF, a2 & 0xFFFF), tl.join(a0 >> 16, a2 >> 16))  # [word, k pair, k in pair]
+    hi = tl.join(tl.join(a1 & 0xFFFF, a3 & 0xFFFF), tl.join(a1 >> 16, a3 >> 16))
+    return tl.reshape(lo, (HP, RUNS, 16)).to(tl.int32), tl.reshape(hi, (HP, RUNS, 16)).to(tl.int32)
+
+
+@triton.jit
+def _dequant_e2m1(bits, s, DT: tl.constexpr, F32: tl.constexpr, INTERPRET: tl.constexpr):
+    """NVFP4: :func:`_e2m1_bits` times the e4m3 block scales (bytes), exact in
+    DT, carrying :func:`_nvfp4_pre`. ``F32`` (the interpreter; fp16
+    activations, whose v * bs could be subnormal): in fp32, rounded once."""
+    bs = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    if F32:
+        v = (bits << 16).to(tl.float32, bitcast=True) * 8.507059173023462e37  # * 2**126: the code's value
+        return _to_dt(v * (bs * _nvfp4_pre(DT)), DT, INTERPRET)  # exact
+    else:
+        # bf16 of v * 2**-126 times bs * 2**119 (normal): v * bs * 2**-7, exact
+        return bits.to(tl.int16).to(DT, bitcast=True) * (bs * 6.646139978924579e35).to(DT)
 
 
 @triton.jit(do_not_specialize=["M", "CPS"])
@@ -537,8 +575,10 @@ def _w4a16_kernel(
         else:
             b = tl.load(w_ptrs, mask=t_ok[:, None, None] & run_ok[None, :, None], other=0)
             x = tl.load(x_ptrs, mask=((c0 * 64 + kk) < K)[:, None] & m_ok[None, :], other=0.0)
-        # bytes (0, 2, 1, 3) of each word -> (0, 1, 2, 3): K order
-        b = tl.reshape(tl.permute(tl.reshape(b, (HP, RUNS, 4, 2, 2)), (0, 1, 2, 4, 3)), (HP, RUNS, 16))
+        if KIND == 2:  # NVFP4's shuffled words -> bf16 bits of value * 2**-126, K order
+            bits_lo, bits_hi = _e2m1_bits(tl.reshape(b, (HP, RUNS, 4, 4)), HP, RUNS)
+        else:  # bytes (0, 2, 1, 3) of each word -> (0, 1, 2, 3): K order
+            b = tl.reshape(tl.permute(tl.reshape(b, (HP, RUNS, 4, 2, 2)), (0, 1, 2, 4, 3)), (HP, RUNS, 16))
 
         # one scale (and zero point) per row and run: a run is 16 codes of one
         # group; a run wholly past K (its activation is zero) takes the last
@@ -552,8 +592,12 @@ def _w4a16_kernel(
             z_lo = tl.load(z_lo_rows + grp[None, :] * stride_zg, mask=lo_ok[:, None] & run_ok[None, :], other=0)
             z_hi = tl.load(z_hi_rows + grp[None, :] * stride_zg, mask=hi_ok[:, None] & run_ok[None, :], other=0)
 
-        w_lo = _dequant(b, s_lo[:, :, None], z_lo[:, :, None], False, KIND, DT, SCALE_IN_DT, F32, INTERPRET)
-        w_hi = _dequant(b, s_hi[:, :, None], z_hi[:, :, None], True, KIND, DT, SCALE_IN_DT, F32, INTERPRET)
+        if KIND == 2:
+            w_lo = _dequant_e2m1(bits_lo, s_lo[:, :, None], DT, F32, INTERPRET)
+            w_hi = _dequant_e2m1(bits_hi, s_hi[:, :, None], DT, F32, INTERPRET)
+        else:
+            w_lo = _dequant(b, s_lo[:, :, None], z_lo[:, :, None], False, KIND, DT, SCALE_IN_DT, F32, INTERPRET)
+            w_hi = _dequant(b, s_hi[:, :, None], z_hi[:, :, None], True, KIND, DT, SCALE_IN_DT, F32, INTERPRET)
         w_lo = tl.reshape(w_lo, (HP, RUNS * 16))
         w_hi = tl.reshape(w_hi, (HP, RUNS * 16))
         if INTERPRET:  # bf16 is raw uint16 there: the dot on exact values in fp32

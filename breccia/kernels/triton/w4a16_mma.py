@@ -15,8 +15,11 @@ window a lane:
   into the mantissa of 2**7 or 2**10), one shift, one ``fma`` subtracting the
   magic plus the zero point (exact) and one ``fma`` by the scale (the one
   rounding, so the bits are ``breccia.dequantize(w, x.dtype)``'s); NVFP4
-  places sign and e2m1 bits as the bf16 of value * 2**-126 and multiplies by
-  ``block_scale * 2**119`` (exact), the global scale * 2**7 comes at the end;
+  words are stored bit-shuffled (:data:`breccia.packing.E2M1_WORD_PIECES`) so
+  that one rotation and one mask per register (two for one of the four)
+  place sign and e2m1 bits as the bf16 of value * 2**-126, and one ``fma``
+  multiplies by ``block_scale * 2**119`` (exact); the global scale * 2**7
+  comes at the end;
 - runs the four MMA steps (eight for M = 9..16: two token halves) into fp32
   accumulators that stay in registers.
 
@@ -44,6 +47,8 @@ interpreter; there the tensor-core kernel of :mod:`.w4a16` runs instead.
 from __future__ import annotations
 
 from functools import lru_cache
+
+from ...packing import e2m1_register_masks
 
 #: NVFP4 weights carry 2**-7 in the MMA (undone with the global scale)
 NVFP4_PRE = 2.0**-7
@@ -96,21 +101,21 @@ def mma_asm(kind: int, fp16: bool, two_n: bool) -> tuple[str, str]:
                 lines.append(f"fma.rn.{ty}x2 a{i}, a{i}, one, {off};")  # q (- zero point), exact
                 lines.append(f"fma.rn.{ty}x2 a{i}, a{i}, {sc[i % 2]}, nz;")  # * scale, rounded once
         else:
-            # e2m1 (s e1 e0 m) of nibbles i, i + 4 -> bf16 bits s.0000000.e1 e0 m
-            # (bits 15, 8-6): isolate the nibble at bits 0-3 (pair 0), 4-7
-            # (pair 1) or 6-9 (pairs 2, 3, shifted down), multiply by two
-            # powers of two to copy it to bits 6-9 and 12-15 (no overlap, so
-            # no carries), keep bits 6-8 and 15
-            for i, (shr, mask, mul) in enumerate(
-                ((0, 0x000F000F, 0x1040), (0, 0x00F000F0, 0x104), (2, 0x03C003C0, 0x41), (6, 0x03C003C0, 0x41))
-            ):
+            # NVFP4's shuffled word (packing.E2M1_WORD_PIECES): each register
+            # is rotl(word, r) & mask -- the bf16 bits s.0000000.e1 e0 m of
+            # both codes -- ORed over its pieces (one rotation, or two)
+            done = set()
+            for i, rot, mask in e2m1_register_masks():
                 src = ws
-                if shr:
-                    lines.append(f"shr.u32 t, {ws}, {shr};")
+                if rot:
+                    lines.append(f"shf.l.wrap.b32 t, {ws}, {ws}, {rot};")
                     src = "t"
-                lines.append(f"and.b32 a{i}, {src}, {hex(mask)};")
-                lines.append(f"mul.lo.u32 a{i}, a{i}, {hex(mul)};")
-                lines.append(f"and.b32 a{i}, a{i}, 0x81C081C0;")
+                if i in done:
+                    lines.append(f"lop3.b32 a{i}, {src}, {hex(mask)}, a{i}, 0xEA;")  # (src & mask) | a
+                else:
+                    lines.append(f"and.b32 a{i}, {src}, {hex(mask)};")
+                    done.add(i)
+            for i in range(4):
                 lines.append(f"fma.rn.bf16x2 a{i}, a{i}, {sc[i % 2]}, nz;")
         for h in range(n_acc):
             xs = x[2 * h + s // 2]
