@@ -168,7 +168,7 @@ def bench_shape(n: int, k: int, tune: bool, log) -> dict:
 
 def cfg_str(c) -> str:
     if c.mma:
-        extra = (f" s{c.sets}" if c.sets != 2 else "") + (f" p{c.pdl}" if c.pdl else "")
+        extra = (f" s{c.sets}" if c.sets != 2 else "") + (f" p{c.pdl}" if c.pdl else "") + (f" f{c.prefetch}" if c.prefetch else "")
         return f"mma {c.block_n}/{c.split_k}/{c.num_warps}{'w' if c.warp_split else ''}{extra}"
     return f"{c.block_n}/{c.chunks}/{c.split_k}/{c.num_warps}/{c.num_stages}"
 
@@ -193,7 +193,7 @@ def write_report(path: str, results: dict, extra: list[str]) -> None:
         f"(copy ceiling {COPY_CEILING / 1e12:.2f} TB/s); x = speed-up over bf16 `F.linear` timed the same way in the same run. "
         "breccia: INT4 symmetric group 128 and NVFP4 (e2m1, e4m3 scales per 16, fp32 global), Packed layout, "
         "`breccia::w4a16_mm` with the tuned config shown (`mma R/S/W`: MMA kernel, rows a program / split-K / warps, "
-        "`w` = warps split K, `sN` = N windows in flight a warp, `pN` = programmatic dependent launch mode N; else the tensor-core kernel, rows/windows/split-K/warps/stages). "
+        "`w` = warps split K, `sN` = N windows in flight a warp, `pN` = programmatic dependent launch mode N, `fN` = weight prefetched into L2 N windows ahead; else the tensor-core kernel, rows/windows/split-K/warps/stages). "
         "tinygemm: `aten._weight_int4pack_mm`, group 128. FP8: `torch._scaled_mm` tensorwise, activation "
         "already FP8 and padded to 16 rows.",
         "",
@@ -249,7 +249,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/decode-h100.md")
     ap.add_argument("--no-tune", action="store_true", help="use w4a16.config_for (TUNED table / heuristic)")
     ap.add_argument("--quick", action="store_true", help="M 1 and 16 at every shape, no tuning, no report")
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="token counts M, comma-separated")
     args = ap.parse_args()
+    MS[:] = [int(v) for v in args.ms.split(",")]
     global COPY_CEILING
     COPY_CEILING = copy_ceiling()
     print(f"copy ceiling {COPY_CEILING / 1e12:.2f} TB/s")
@@ -282,10 +284,14 @@ def main() -> None:
     breccia.convert(lin, breccia.INT4Scaling())
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     t_lin = do_bench(lambda: lin(x), warmup=10, rep=60, return_mode="median")
-    worst = max(r.get("worst_err", 0.0) for r in results.values())
-    extra += [f"Correctness in this run: every tuned candidate config, bf16 output written into a NaN-poisoned "
-              f"tensor, against fp32 dequantize-then-matmul: worst relative error {worst:.1e} (bf16 output rounding).",
-              "Full checks (all recipes, groups, fp16, ragged shapes, bit-exact unpack): `w4a16-check-h100.md`."]
+    if args.no_tune:
+        extra += ["Correctness: this run timed the configs `w4a16.config_for` picks without re-checking them."]
+    else:
+        worst = max(r.get("worst_err", 0.0) for r in results.values())
+        extra += [f"Correctness in this run: every tuned candidate config, bf16 output written into a NaN-poisoned "
+                  f"tensor, against fp32 dequantize-then-matmul: worst relative error {worst:.1e} (bf16 output rounding)."]
+    extra += ["Full checks (all recipes, groups, fp16, ragged shapes, bit-exact unpack): `benchmarks/gpu_check_w4a16.py`, "
+              "its output in `w4a16-check-<device>.md`."]
     extra += ["", f"`F.linear` on a converted INT4 layer (eager, the router's Python dispatch included), M = 1, "
               f"N = K = 8192: {t_lin * 1e3:.1f} µs (do_bench).", ""]
     extra += ["## Tuned configs (`w4a16.TUNED`)", "", "```python"]

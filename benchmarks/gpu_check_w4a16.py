@@ -192,7 +192,7 @@ def main() -> int:
         "# W4A16 kernels: GPU correctness",
         "",
         f"{torch.cuda.get_device_name() if DEV == 'cuda' else 'CPU (interpreter dry run)'}, torch {torch.__version__}, Triton {triton.__version__}, "
-        f"{datetime.date.today()}; `PYTHONPATH=. python benchmarks/gpu_check_w4a16.py`",
+        f"{datetime.date.today()}; `PYTHONPATH=. python benchmarks/gpu_check_w4a16.py {' '.join(repr(a) if ' ' in a else a for a in sys.argv[1:])}`",
         "",
         "GEMM error: fp32 output, every candidate config, against a float64 matmul of the weight",
         "the kernel decodes (INT4: `dequantize(w, x.dtype)`; NVFP4: `decode(q) * block_scale`, then",

@@ -1,10 +1,13 @@
-"""Compile ``gemm_wgmma``'s Gluon kernel for an H100 on a machine without one,
-in a process of its own: the Triton interpreter the rest of the suite runs
-under patches the language for the process, which breaks a real compile.
+"""Compile a Gluon kernel for an H100 on a machine without one, in a process
+of its own: the Triton interpreter the rest of the suite runs under patches
+the language for the process, which breaks a real compile.
 
-    python test/sm90_compile.py '[[bm, bn, bk, warps, stages, slice_k, scalar], ...]'
+    python test/sm90_compile.py wgmma '[[bm, bn, bk, warps, stages, slice_k, scalar], ...]'
+    python test/sm90_compile.py w4a16 '[[kind, two_n, tiles_a_warp, warps, sets, pdl, prefetch, split], ...]'
 
-prints one JSON object per config: wgmma instructions, waits, shared memory."""
+prints one JSON object per config: ``gemm_wgmma``'s wgmma instructions,
+waits and shared memory; the W4A16 MMA kernel's ``mma.sync`` instructions,
+L2 prefetches and shared memory."""
 
 import json
 import os
@@ -50,6 +53,31 @@ def compile_config(bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: 
             "shared": kernel.metadata.shared}  # fmt: skip
 
 
+def compile_w4a16(kind: int, two_n: bool, tpw: int, warps: int, sets: int, pdl: int, prefetch: int, split: bool) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from breccia.kernels.triton import w4a16_mma
+
+    asm, cons = w4a16_mma.mma_asm(kind, False, two_n)
+    scale_ty = "*u8" if kind == 2 else "*bf16"
+    ptrs = dict(x_ptr="*bf16", w_ptr="*u8", s_ptr=scale_ty, z_ptr=scale_ty, gs_ptr="*fp32", bias_ptr="*bf16",
+                out_ptr="*bf16", ws_ptr="*fp32", cnt_ptr="*i32")  # fmt: skip
+    ints = ("M N K KW WPS WPW NT SPLIT_K stride_xm stride_wt stride_sn stride_sg stride_zn stride_zg "
+            "stride_om stride_on").split()  # fmt: skip
+    sig = dict(ptrs, **{name: "i32" for name in ints})
+    const = dict(ASM=asm, CONS=cons, KIND=kind, FP16=False, GROUP=16 if kind == 2 else 128, HAS_BIAS=False,
+                 TWO_N=two_n, R=tpw, NW=warps, IS_SPLIT=split, WSPLIT=False, SETS=sets, PDL=pdl, PF=prefetch)  # fmt: skip
+    sig.update({name: "constexpr" for name in const})
+    src = GluonASTSource(w4a16_mma.w4a16_mma_kernel, sig, {(list(sig).index(n),): v for n, v in const.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    ptx = kernel.asm["ptx"]
+    return {"mma": ptx.count("mma.sync.aligned"), "prefetch": ptx.count("prefetch.global.L2"),
+            "shared": kernel.metadata.shared}  # fmt: skip
+
+
 if __name__ == "__main__":
-    for cfg in json.loads(sys.argv[1]):
-        print(json.dumps(compile_config(*cfg)), flush=True)
+    compile_one = {"wgmma": compile_config, "w4a16": compile_w4a16}[sys.argv[1]]
+    for cfg in json.loads(sys.argv[2]):
+        print(json.dumps(compile_one(*cfg)), flush=True)

@@ -240,7 +240,7 @@ def test_wgmma_kernel_compiles_for_sm90():
     cfgs = [[128, 128, 128, 8, 4, 128, True], [64, 128, 128, 4, 6, 128, True], [128, 128, 256, 8, 3, 32, False]]
     env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sm90_compile.py")
-    done = subprocess.run([sys.executable, script, json.dumps(cfgs)], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, script, "wgmma", json.dumps(cfgs)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(results) == len(cfgs)

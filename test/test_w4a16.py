@@ -3,6 +3,7 @@ the CPU by Triton's interpreter, small ragged shapes), the routes (on a
 mocked GPU) and convert's layout choice."""
 
 import os
+from dataclasses import replace
 
 os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
 
@@ -271,6 +272,10 @@ def test_config_choice():
             assert tiles in (1, 2, 4) and c.split_k >= 1 and (c.split_k == 1 or not c.warp_split)
             # PDL for M <= 8; for M = 9..16 only with 2 tiles a warp (slower with 1)
             assert c.sets in (2, 3, 4) and c.pdl in ((2,) if m <= 8 else (0, 2) if tiles == 2 else (0,))
+            assert c.prefetch in (0,) + w4a16.PREFETCH_CANDIDATES
+        # every config also with the L2 prefetch, the same otherwise
+        plain = [c for c in mma if not c.prefetch]
+        assert sorted(map(repr, mma)) == sorted(repr(replace(c, prefetch=pf)) for c in plain for pf in (0,) + w4a16.PREFETCH_CANDIDATES)
         cfg = w4a16.config_for(torch.device("cpu"), "int4_sym", m, n, k, mma=True)
         assert cfg.mma and cfg.sets in (2, 3, 4) and cfg.pdl in w4a16.PDL_MODES
     # the heuristic: M <= 8 four windows in flight a warp, two tiles where split-K would drop under 3
@@ -294,6 +299,37 @@ def test_config_choice():
         assert w4a16.config_for(torch.device("cuda"), "nvfp4", 9, 8192, 8192, True) == w4a16.TUNED[(9, "nvfp4", 16, 8192, 8192)]
     x = torch.zeros(1, 64, dtype=torch.bfloat16)  # CPU (and the interpreter): the tensor-core kernel
     assert not w4a16.mma_applies(x, torch.zeros(1, 1, 32, 16, dtype=torch.uint8), x, "int4_sym", 64)
+
+
+def test_mma_kernel_compiles_for_sm90():
+    """The Gluon MMA kernel cannot run here, but it compiles for an H100 with
+    the installed Triton (a renamed builtin fails here before a GPU sees it):
+    INT4 and NVFP4, one and two token halves, split-K; the L2 prefetch emits
+    one ``prefetch.global.L2`` per tile and window load, none when off. In a
+    process of its own, without the interpreter (``sm90_compile.py``)."""
+    import json
+    import subprocess
+    import sys
+
+    from breccia.kernels.triton import w4a16_mma
+
+    if not w4a16_mma.HAS_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    # kind, two token halves, tiles a warp, warps, register sets, PDL mode, prefetch, split-K
+    cfgs = [[0, False, 2, 4, 4, 2, 0, True], [0, False, 2, 4, 4, 2, 8, True], [2, False, 1, 4, 3, 2, 16, False],
+            [1, True, 2, 2, 2, 2, 8, True]]  # fmt: skip
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sm90_compile.py")
+    done = subprocess.run([sys.executable, script, "w4a16", json.dumps(cfgs)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(cfgs)
+    for (kind, two_n, tpw, warps, sets, pdl, pf, split), r in zip(cfgs, results):
+        # four MMA steps a window (eight with two token halves), per register set and tile, in the
+        # loop; the prologue loads `sets` windows per tile, the loop reloads each set once
+        assert r["mma"] == 4 * (2 if two_n else 1) * sets * tpw, r
+        assert r["prefetch"] == (2 * sets * tpw if pf else 0), r
+        assert r["shared"] <= 227 * 1024
 
 
 # --------------------------------------------------------------------------- routes

@@ -30,9 +30,9 @@ import triton
 
 from .gemm_blockwise import Config, interpreting
 
-try:  # Gluon: Triton's explicit-layout dialect (asynchronous wgmma)
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
+from .gluon_compat import HAS_GLUON, cta_barrier, gl, gluon
+
+try:  # Gluon's Hopper part (asynchronous wgmma, TMA)
     from triton.experimental.gluon.language.nvidia.hopper import (
         fence_async_shared,
         mbarrier,
@@ -44,8 +44,6 @@ try:  # Gluon: Triton's explicit-layout dialect (asynchronous wgmma)
 
     # renamed in later Triton releases (the H100 image has 3.6, this package allows newer)
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-    _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
-    HAS_GLUON = True
 except Exception:  # an older or newer Triton without this API: the callers' other variants only
     HAS_GLUON = False
 
@@ -217,7 +215,7 @@ if HAS_GLUON:
             p = warpgroup_mma_wait(num_outstanding=0, deps=(pending,))
             acc = _fold(acc, p, sa_smem, sb_smem, sb_row, slot, SUB - 1, rows, cols, SB_SCALAR)
             # every warp is done with this slot: refill it with step kt + STAGES
-            _cta_barrier()
+            cta_barrier()
             fence_async_shared()
             _load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
                        kt + STAGES, n_k, off_m, off_n, SUB, SB_SCALAR, STAGES)  # fmt: skip

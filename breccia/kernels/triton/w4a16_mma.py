@@ -131,16 +131,9 @@ def mma_asm(kind: int, fp16: bool, two_n: bool) -> tuple[str, str]:
     return "\n".join(lines), cons
 
 
-try:
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
+from .gluon_compat import HAS_GLUON, cta_barrier, gl, gluon
 
-    _HAVE_GLUON = True
-except Exception:  # pragma: no cover - older Triton
-    _HAVE_GLUON = False
-
-
-if _HAVE_GLUON:
+if HAS_GLUON:
 
     @gluon.jit
     def _scale_words(sv, KIND: gl.constexpr, FP16: gl.constexpr):
@@ -165,10 +158,18 @@ if _HAVE_GLUON:
         return zb | (zb << 16)
 
     @gluon.jit
+    def _prefetch_l2(ptrs):
+        """Ask L2 for the lines of ``ptrs`` (no register waits for them)."""
+        gl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
     def _load_w(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg,
-                KIND: gl.constexpr, GROUP: gl.constexpr):  # fmt: skip
+                pf_off, KIND: gl.constexpr, GROUP: gl.constexpr, PF: gl.constexpr):  # fmt: skip
         """The weight words of window ``wb + it`` (a window past the warp's
-        range rereads its last one) and its scales (and zero points)."""
+        range rereads its last one) and its scales (and zero points); with
+        ``PF`` the lane's 16 bytes of window ``wb + it + PF`` prefetched into L2."""
+        if PF > 0:
+            _prefetch_l2(wp + pf_off + gl.minimum(wbs + it + PF, lasts) * 128)
         wv = gl.load(wp + w_off + gl.minimum(wb3 + it, last3) * 128)
         # a run wholly past K (activation zero) takes the last group's scale: no load leaves the grid
         grp = gl.minimum((gl.minimum(wbs + it, lasts) * 64 + kq3) // GROUP, (K - 1) // GROUP)
@@ -200,14 +201,14 @@ if _HAVE_GLUON:
         return xa, xb, xc, xd
 
     @gluon.jit
-    def _load(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg,
+    def _load(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg, pf_off,
               wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq,
-              KIND: gl.constexpr, GROUP: gl.constexpr, TWO_N: gl.constexpr):  # fmt: skip
+              KIND: gl.constexpr, GROUP: gl.constexpr, TWO_N: gl.constexpr, PF: gl.constexpr):  # fmt: skip
         """The registers of window ``wb + it`` (each warp its own ``wb``, in the
         three layouts its tensors use): weight words, activation words,
         scales (and zero points)."""
         wv, sv, svb, zv, zvb = _load_w(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8,
-                                       kq3, stride_sg, stride_zg, KIND, GROUP)  # fmt: skip
+                                       kq3, stride_sg, stride_zg, pf_off, KIND, GROUP, PF)  # fmt: skip
         xa, xb, xc, xd = _load_x(it, wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq, K, TWO_N)
         return wv, xa, xb, xc, xd, sv, svb, zv, zvb
 
@@ -285,7 +286,7 @@ if _HAVE_GLUON:
         stride_xm, stride_wt, stride_sn, stride_sg, stride_zn, stride_zg, stride_om, stride_on,
         ASM: gl.constexpr, CONS: gl.constexpr, KIND: gl.constexpr, FP16: gl.constexpr, GROUP: gl.constexpr,
         HAS_BIAS: gl.constexpr, TWO_N: gl.constexpr, R: gl.constexpr, NW: gl.constexpr, IS_SPLIT: gl.constexpr,
-        WSPLIT: gl.constexpr, SETS: gl.constexpr, PDL: gl.constexpr,
+        WSPLIT: gl.constexpr, SETS: gl.constexpr, PDL: gl.constexpr, PF: gl.constexpr,
     ):  # fmt: skip
         if PDL == 1 or PDL == 2:  # the next kernel may start its programs (they wait for this one's end)
             _gdc_launch()
@@ -343,11 +344,14 @@ if _HAVE_GLUON:
         r_s = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, LS)), 1)
         t_s = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LS)), 0)
         if WSPLIT:
-            row_s = (pid_n * R + r_s) * 16 + (t_s % 32) // 4
+            tile_s = pid_n * R + r_s
             wbs = w_start + (t_s // 32) * WPW
         else:
-            row_s = (pid_n * (R * NW) + (t_s // 32) * R + r_s) * 16 + (t_s % 32) // 4
+            tile_s = pid_n * (R * NW) + (t_s // 32) * R + r_s
             wbs = w_start + 0 * t_s
+        row_s = tile_s * 16 + (t_s % 32) // 4
+        # the lane's 16 bytes of a window, one address a lane (for the L2 prefetch)
+        pf_off = gl.where(tile_s < NT, tile_s, 0) * (stride_wt // 4) + (t_s % 32) * 4
         lasts = gl.minimum(wbs + WPW, w_end) - 1
         row_s8 = gl.where(row_s + 8 < N, row_s + 8, 0)
         row_s = gl.where(row_s < N, row_s, 0)
@@ -363,18 +367,18 @@ if _HAVE_GLUON:
         # after its decode, so each load has the other sets' decodes to land
         # in, and the loop carries no register copies. A window past the
         # split's end rereads the last one with the activation masked to zero.
-        LW = (wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg)
+        LW = (wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg, pf_off)
         LX = (wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq)
         if PDL >= 2:
             # the first windows' weights and scales before waiting for the
             # previous kernel (the contract: a weight is not that kernel's
             # output; ``w4a16.PDL = False`` otherwise); the activation only after
-            a_w, a_s, a_sb, a_z, a_zb = _load_w(0, *LW, KIND, GROUP)
-            b_w, b_s, b_sb, b_z, b_zb = _load_w(1, *LW, KIND, GROUP)
+            a_w, a_s, a_sb, a_z, a_zb = _load_w(0, *LW, KIND, GROUP, PF)
+            b_w, b_s, b_sb, b_z, b_zb = _load_w(1, *LW, KIND, GROUP, PF)
             if SETS >= 3:
-                c_w, c_s, c_sb, c_z, c_zb = _load_w(2, *LW, KIND, GROUP)
+                c_w, c_s, c_sb, c_z, c_zb = _load_w(2, *LW, KIND, GROUP, PF)
             if SETS >= 4:
-                d_w, d_s, d_sb, d_z, d_zb = _load_w(3, *LW, KIND, GROUP)
+                d_w, d_s, d_sb, d_z, d_zb = _load_w(3, *LW, KIND, GROUP, PF)
             _gdc_wait()
             a_xa, a_xb, a_xc, a_xd = _load_x(0, *LX, K, TWO_N)
             b_xa, b_xb, b_xc, b_xd = _load_x(1, *LX, K, TWO_N)
@@ -385,36 +389,36 @@ if _HAVE_GLUON:
         else:
             if PDL == 1:
                 _gdc_wait()
-            a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(0, *LW, *LX, KIND, GROUP, TWO_N)
-            b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(1, *LW, *LX, KIND, GROUP, TWO_N)
+            a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(0, *LW, *LX, KIND, GROUP, TWO_N, PF)
+            b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(1, *LW, *LX, KIND, GROUP, TWO_N, PF)
             if SETS >= 3:
-                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(2, *LW, *LX, KIND, GROUP, TWO_N)
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(2, *LW, *LX, KIND, GROUP, TWO_N, PF)
             if SETS >= 4:
-                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(3, *LW, *LX, KIND, GROUP, TWO_N)
+                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(3, *LW, *LX, KIND, GROUP, TWO_N, PF)
         if SETS == 2:
             for it in range(0, WPW, 2):
                 acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 2, *LW, *LX, KIND, GROUP, TWO_N)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 2, *LW, *LX, KIND, GROUP, TWO_N, PF)
                 acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N, PF)
         elif SETS == 3:
             for it in range(0, WPW, 3):
                 acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N, PF)
                 acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N, PF)
                 acc, acc2 = _step(c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N)
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N, PF)
         else:
             for it in range(0, WPW, 4):
                 acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N, PF)
                 acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N, PF)
                 acc, acc2 = _step(c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 6, *LW, *LX, KIND, GROUP, TWO_N)
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 6, *LW, *LX, KIND, GROUP, TWO_N, PF)
                 acc, acc2 = _step(d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(it + 7, *LW, *LX, KIND, GROUP, TWO_N)
+                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(it + 7, *LW, *LX, KIND, GROUP, TWO_N, PF)
 
         if PDL == 3:  # the next kernel may start once every program is past its loads
             _gdc_launch()
@@ -432,7 +436,7 @@ if _HAVE_GLUON:
             _finish(acc2, orow, otok + 8, gs_ptr, bias_ptr, out_ptr, ws_ptr, M, N, stride_om, stride_on,
                     KIND, HAS_BIAS, IS_SPLIT)  # fmt: skip
         if IS_SPLIT:
-            gl.thread_barrier()  # every thread's adds before the ticket
+            cta_barrier()  # every thread's adds before the ticket
             ticket = gl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
             if ticket == SPLIT_K - 1:  # the last split of this row block: finish and clean
                 _drain(acc, orow, otok, bias_ptr, out_ptr, ws_ptr, M, N, stride_om, stride_on, HAS_BIAS)
