@@ -47,3 +47,18 @@ def student_t(*shape, df=3.0, seed=0):
     z = torch.randn(*shape, generator=g)
     chi2 = (torch.randn(int(df), *shape, generator=g) ** 2).sum(0)
     return z / torch.sqrt(chi2 / df)
+
+
+def compile_for_sm90(kernel: str, cfgs: list) -> list[dict]:
+    """``sm90_compile.py KERNEL CFGS`` in a process of its own, without the
+    interpreter (it patches the language for the whole process): one dict a config."""
+    import json
+    import subprocess
+
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sm90_compile.py")
+    done = subprocess.run([sys.executable, script, kernel, json.dumps(cfgs)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(cfgs)
+    return results

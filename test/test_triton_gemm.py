@@ -10,7 +10,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from conftest import randn  # noqa: E402
+from conftest import compile_for_sm90, randn  # noqa: E402
 
 import breccia  # noqa: E402
 from breccia.kernels import cuda_routes, route_for  # noqa: E402
@@ -229,22 +229,12 @@ def test_wgmma_kernel_compiles_for_sm90():
     this catches a frontend or layout error before it reaches a GPU (the
     blockwise configs with the weight scale per tile, the MX one per column).
     In a process of its own, without the interpreter (``sm90_compile.py``)."""
-    import json
-    import subprocess
-    import sys
-
     from breccia.kernels.triton import gemm_wgmma
 
     if not gemm_wgmma.HAS_GLUON:
         pytest.skip("this Triton has no Gluon")
     cfgs = [[128, 128, 128, 8, 4, 128, True], [64, 128, 128, 4, 6, 128, True], [128, 128, 256, 8, 3, 32, False]]
-    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sm90_compile.py")
-    done = subprocess.run([sys.executable, script, "wgmma", json.dumps(cfgs)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == len(cfgs)
-    for (bm, bn, bk, warps, stages, slice_k, scalar), r in zip(cfgs, results):
+    for (bm, bn, bk, warps, stages, slice_k, scalar), r in zip(cfgs, compile_for_sm90("wgmma", cfgs)):
         assert r["wgmma"] >= bk // slice_k and r["waits"] > 0
         assert r["shared"] <= 227 * 1024  # fits an H100's shared memory
 

@@ -10,7 +10,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from conftest import randn  # noqa: E402
+from conftest import compile_for_sm90, randn  # noqa: E402
 
 import breccia  # noqa: E402
 from breccia import formats, packing  # noqa: E402
@@ -307,10 +307,6 @@ def test_mma_kernel_compiles_for_sm90():
     INT4 and NVFP4, one and two token halves, split-K; the L2 prefetch emits
     one ``prefetch.global.L2`` per tile and window load, none when off. In a
     process of its own, without the interpreter (``sm90_compile.py``)."""
-    import json
-    import subprocess
-    import sys
-
     from breccia.kernels.triton import w4a16_mma
 
     if not w4a16_mma.HAS_GLUON:
@@ -318,13 +314,7 @@ def test_mma_kernel_compiles_for_sm90():
     # kind, two token halves, tiles a warp, warps, register sets, PDL mode, prefetch, split-K
     cfgs = [[0, False, 2, 4, 4, 2, 0, True], [0, False, 2, 4, 4, 2, 8, True], [2, False, 1, 4, 3, 2, 16, False],
             [1, True, 2, 2, 2, 2, 8, True]]  # fmt: skip
-    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sm90_compile.py")
-    done = subprocess.run([sys.executable, script, "w4a16", json.dumps(cfgs)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == len(cfgs)
-    for (kind, two_n, tpw, warps, sets, pdl, pf, split), r in zip(cfgs, results):
+    for (kind, two_n, tpw, warps, sets, pdl, pf, split), r in zip(cfgs, compile_for_sm90("w4a16", cfgs)):
         # four MMA steps a window (eight with two token halves), per register set and tile, in the
         # loop; the prologue loads `sets` windows per tile, the loop reloads each set once
         assert r["mma"] == 4 * (2 if two_n else 1) * sets * tpw, r

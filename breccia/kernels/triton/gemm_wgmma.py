@@ -30,7 +30,7 @@ import triton
 
 from .gemm_blockwise import Config, interpreting
 
-from .gluon_compat import HAS_GLUON, cta_barrier, gl, gluon
+from .gluon_compat import HAS_GLUON as _HAS_GLUON_CORE, cta_barrier, gl, gluon
 
 try:  # Gluon's Hopper part (asynchronous wgmma, TMA)
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -44,6 +44,7 @@ try:  # Gluon's Hopper part (asynchronous wgmma, TMA)
 
     # renamed in later Triton releases (the H100 image has 3.6, this package allows newer)
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    HAS_GLUON = _HAS_GLUON_CORE
 except Exception:  # an older or newer Triton without this API: the callers' other variants only
     HAS_GLUON = False
 
