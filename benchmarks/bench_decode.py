@@ -168,7 +168,7 @@ def bench_shape(n: int, k: int, tune: bool, log) -> dict:
 
 def cfg_str(c) -> str:
     if c.mma:
-        extra = (f" s{c.sets}" if c.sets != 2 else "") + (f" p{c.pdl}" if c.pdl else "") + (f" f{c.prefetch}" if c.prefetch else "")
+        extra = (f" s{c.sets}" if c.sets != 2 else "") + (f" p{c.pdl}" if c.pdl else "")
         return f"mma {c.block_n}/{c.split_k}/{c.num_warps}{'w' if c.warp_split else ''}{extra}"
     return f"{c.block_n}/{c.chunks}/{c.split_k}/{c.num_warps}/{c.num_stages}"
 
@@ -193,7 +193,7 @@ def write_report(path: str, results: dict, extra: list[str]) -> None:
         f"(copy ceiling {COPY_CEILING / 1e12:.2f} TB/s); x = speed-up over bf16 `F.linear` timed the same way in the same run. "
         "breccia: INT4 symmetric group 128 and NVFP4 (e2m1, e4m3 scales per 16, fp32 global), Packed layout, "
         "`breccia::w4a16_mm` with the tuned config shown (`mma R/S/W`: MMA kernel, rows a program / split-K / warps, "
-        "`w` = warps split K, `sN` = N windows in flight a warp, `pN` = programmatic dependent launch mode N, `fN` = weight prefetched into L2 N windows ahead; else the tensor-core kernel, rows/windows/split-K/warps/stages). "
+        "`w` = warps split K, `sN` = N windows in flight a warp, `pN` = programmatic dependent launch mode N; else the tensor-core kernel, rows/windows/split-K/warps/stages). "
         "tinygemm: `aten._weight_int4pack_mm`, group 128. FP8: `torch._scaled_mm` tensorwise, activation "
         "already FP8 and padded to 16 rows.",
         "",

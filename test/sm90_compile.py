@@ -3,11 +3,11 @@ of its own: the Triton interpreter the rest of the suite runs under patches
 the language for the process, which breaks a real compile.
 
     python test/sm90_compile.py wgmma '[[bm, bn, bk, warps, stages, slice_k, scalar], ...]'
-    python test/sm90_compile.py w4a16 '[[kind, two_n, tiles_a_warp, warps, sets, pdl, prefetch, split], ...]'
+    python test/sm90_compile.py w4a16 '[[kind, two_n, tiles_a_warp, warps, sets, pdl, split], ...]'
 
 prints one JSON object per config: ``gemm_wgmma``'s wgmma instructions,
-waits and shared memory; the W4A16 MMA kernel's ``mma.sync`` instructions,
-L2 prefetches and shared memory."""
+waits and shared memory; the W4A16 MMA kernel's ``mma.sync`` instructions
+and shared memory."""
 
 import json
 import os
@@ -53,7 +53,7 @@ def compile_config(bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: 
             "shared": kernel.metadata.shared}  # fmt: skip
 
 
-def compile_w4a16(kind: int, two_n: bool, tpw: int, warps: int, sets: int, pdl: int, prefetch: int, split: bool) -> dict:
+def compile_w4a16(kind: int, two_n: bool, tpw: int, warps: int, sets: int, pdl: int, split: bool) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -68,13 +68,12 @@ def compile_w4a16(kind: int, two_n: bool, tpw: int, warps: int, sets: int, pdl: 
             "stride_om stride_on").split()  # fmt: skip
     sig = dict(ptrs, **{name: "i32" for name in ints})
     const = dict(ASM=asm, CONS=cons, KIND=kind, FP16=False, GROUP=16 if kind == 2 else 128, HAS_BIAS=False,
-                 TWO_N=two_n, R=tpw, NW=warps, IS_SPLIT=split, WSPLIT=False, SETS=sets, PDL=pdl, PF=prefetch)  # fmt: skip
+                 TWO_N=two_n, R=tpw, NW=warps, IS_SPLIT=split, WSPLIT=False, SETS=sets, PDL=pdl)  # fmt: skip
     sig.update({name: "constexpr" for name in const})
     src = GluonASTSource(w4a16_mma.w4a16_mma_kernel, sig, {(list(sig).index(n),): v for n, v in const.items()})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
     ptx = kernel.asm["ptx"]
-    return {"mma": ptx.count("mma.sync.aligned"), "prefetch": ptx.count("prefetch.global.L2"),
-            "shared": kernel.metadata.shared}  # fmt: skip
+    return {"mma": ptx.count("mma.sync.aligned"), "shared": kernel.metadata.shared}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ the CPU by Triton's interpreter, small ragged shapes), the routes (on a
 mocked GPU) and convert's layout choice."""
 
 import os
-from dataclasses import replace
 
 os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
 
@@ -272,10 +271,6 @@ def test_config_choice():
             assert tiles in (1, 2, 4) and c.split_k >= 1 and (c.split_k == 1 or not c.warp_split)
             # PDL for M <= 8; for M = 9..16 only with 2 tiles a warp (slower with 1)
             assert c.sets in (2, 3, 4) and c.pdl in ((2,) if m <= 8 else (0, 2) if tiles == 2 else (0,))
-            assert c.prefetch in (0,) + w4a16.PREFETCH_CANDIDATES
-        # every config also with the L2 prefetch, the same otherwise
-        plain = [c for c in mma if not c.prefetch]
-        assert sorted(map(repr, mma)) == sorted(repr(replace(c, prefetch=pf)) for c in plain for pf in (0,) + w4a16.PREFETCH_CANDIDATES)
         cfg = w4a16.config_for(torch.device("cpu"), "int4_sym", m, n, k, mma=True)
         assert cfg.mma and cfg.sets in (2, 3, 4) and cfg.pdl in w4a16.PDL_MODES
     # the heuristic: M <= 8 four windows in flight a warp, two tiles where split-K would drop under 3
@@ -304,21 +299,20 @@ def test_config_choice():
 def test_mma_kernel_compiles_for_sm90():
     """The Gluon MMA kernel cannot run here, but it compiles for an H100 with
     the installed Triton (a renamed builtin fails here before a GPU sees it):
-    INT4 and NVFP4, one and two token halves, split-K; the L2 prefetch emits
-    one ``prefetch.global.L2`` per tile and window load, none when off. In a
-    process of its own, without the interpreter (``sm90_compile.py``)."""
+    INT4 (symmetric, asymmetric) and NVFP4, one and two token halves,
+    split-K or not, with the MMA steps the register sets imply. In a process
+    of its own, without the interpreter (``sm90_compile.py``)."""
     from breccia.kernels.triton import w4a16_mma
 
     if not w4a16_mma.HAS_GLUON:
         pytest.skip("this Triton has no Gluon")
-    # kind, two token halves, tiles a warp, warps, register sets, PDL mode, prefetch, split-K
-    cfgs = [[0, False, 2, 4, 4, 2, 0, True], [0, False, 2, 4, 4, 2, 8, True], [2, False, 1, 4, 3, 2, 16, False],
-            [1, True, 2, 2, 2, 2, 8, True]]  # fmt: skip
-    for (kind, two_n, tpw, warps, sets, pdl, pf, split), r in zip(cfgs, compile_for_sm90("w4a16", cfgs)):
+    # kind, two token halves, tiles a warp, warps, register sets, PDL mode, split-K
+    cfgs = [[0, False, 2, 4, 4, 2, True], [2, False, 1, 4, 3, 2, False], [2, True, 2, 2, 2, 0, True],
+            [1, True, 2, 2, 2, 2, True]]  # fmt: skip
+    for (kind, two_n, tpw, warps, sets, pdl, split), r in zip(cfgs, compile_for_sm90("w4a16", cfgs)):
         # four MMA steps a window (eight with two token halves), per register set and tile, in the
         # loop; the prologue loads `sets` windows per tile, the loop reloads each set once
         assert r["mma"] == 4 * (2 if two_n else 1) * sets * tpw, r
-        assert r["prefetch"] == (2 * sets * tpw if pf else 0), r
         assert r["shared"] <= 227 * 1024
 
 

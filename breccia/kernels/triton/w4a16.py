@@ -64,7 +64,7 @@ import functools
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -93,7 +93,6 @@ class Config:
     warp_split: bool = False  # MMA kernel: a program's warps share its tiles and split its K range
     sets: int = 2  # MMA kernel: windows a warp keeps loading ahead (register sets, 2-4)
     pdl: int = 0  # MMA kernel, sm90+: programmatic dependent launch (see PDL_MODES)
-    prefetch: int = 0  # MMA kernel: windows ahead each warp prefetches its weight into L2 (0: none)
 
 
 #: ``Config.pdl``: how the MMA kernel uses programmatic dependent launch
@@ -112,13 +111,6 @@ PDL_MODES = {
 PDL = True
 
 
-#: ``Config.prefetch`` values the tuner tries on every MMA candidate: the
-#: weight's DRAM latency under load, not its bandwidth, bounds a warp that
-#: holds only ``sets`` windows in registers; an L2 prefetch (no register)
-#: that many windows ahead lets its loads hit L2
-PREFETCH_CANDIDATES = (8, 16)
-
-
 def _block_m(m: int) -> int:
     return 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
 
@@ -129,13 +121,13 @@ _MMA_WARPS_PER_SM = 20
 
 def _mma_config(
     m: int, n: int, k: int, sms: int, tiles_per_warp: int, num_warps: int = 4, scale: float = 1.0, warp_split: bool = False,
-    sets: int = 2, pdl: int = 0, prefetch: int = 0,
+    sets: int = 2, pdl: int = 0,
 ) -> Config:
     """An MMA-kernel config. Warps on their own tiles: split-K across
     programs so that about ``_MMA_WARPS_PER_SM`` warps per SM (times
     ``scale``) stream the weight, each keeping at least 4 windows. Warps
     splitting K (``warp_split``): one program per tile group, no split-K.
-    ``sets``, ``pdl`` and ``prefetch``: see :class:`Config`."""
+    ``sets`` and ``pdl``: see :class:`Config`."""
     nt = -(-n // 16)
     kw = -(-k // 64)
     if warp_split:  # the program's warps split K; programs do not (no workspace)
@@ -144,7 +136,7 @@ def _mma_config(
         warps = -(-nt // tiles_per_warp)
         split = max(1, min(kw // 4, round(scale * _MMA_WARPS_PER_SM * sms / warps)))
     rows = 16 * tiles_per_warp * (1 if warp_split else num_warps)
-    return Config(rows, 1, split, num_warps, 1, mma=True, warp_split=warp_split, sets=sets, pdl=pdl, prefetch=prefetch)
+    return Config(rows, 1, split, num_warps, 1, mma=True, warp_split=warp_split, sets=sets, pdl=pdl)
 
 
 def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> list[Config]:
@@ -188,8 +180,6 @@ def candidates(m: int, n: int, k: int, mma: bool = False, sms: int = 132) -> lis
             out += [_mma_config(m, n, k, sms, 1, 4, sc, sets=3, pdl=pdl) for sc in (0.5, 1.0)]
             # the M = 9..16 winners of the second H100 tuning: 2 tiles a warp on 2 or 4 warps, PDL mode 2
             out += [_mma_config(m, n, k, sms, 2, w, sc, pdl=2) for w in (2, 4) for sc in (0.7, 0.85)]
-        # each again with the weight prefetched into L2 a few windows ahead
-        out += [replace(c, prefetch=pf) for c in out for pf in PREFETCH_CANDIDATES]
         return list(dict.fromkeys(out))
     if m <= 16:
         return [
@@ -802,7 +792,7 @@ def _launch_mma_chunk(x, qdata, scale, zp, gs, bias, kind, group, n, k, out, cfg
         x.stride(0), qdata.stride(0), scale.stride(0), scale.stride(1), zp.stride(0), zp.stride(1),
         out.stride(0), out.stride(1),
         ASM=asm, CONS=cons, KIND=KINDS[kind], FP16=fp16, GROUP=group, HAS_BIAS=bias is not None,
-        TWO_N=two_n, R=tpw, NW=nw, IS_SPLIT=split > 1, WSPLIT=cfg.warp_split, SETS=sets, PDL=pdl, PF=cfg.prefetch,
+        TWO_N=two_n, R=tpw, NW=nw, IS_SPLIT=split > 1, WSPLIT=cfg.warp_split, SETS=sets, PDL=pdl,
         num_warps=nw, launch_pdl=pdl > 0,
     )  # fmt: skip
 

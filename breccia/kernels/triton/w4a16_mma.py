@@ -158,18 +158,10 @@ if HAS_GLUON:
         return zb | (zb << 16)
 
     @gluon.jit
-    def _prefetch_l2(ptrs):
-        """Ask L2 for the lines of ``ptrs`` (no register waits for them)."""
-        gl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=gl.int32, is_pure=False, pack=1)
-
-    @gluon.jit
     def _load_w(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg,
-                pf_off, KIND: gl.constexpr, GROUP: gl.constexpr, PF: gl.constexpr):  # fmt: skip
+                KIND: gl.constexpr, GROUP: gl.constexpr):  # fmt: skip
         """The weight words of window ``wb + it`` (a window past the warp's
-        range rereads its last one) and its scales (and zero points); with
-        ``PF`` the lane's 16 bytes of window ``wb + it + PF`` prefetched into L2."""
-        if PF > 0:
-            _prefetch_l2(wp + pf_off + gl.minimum(wbs + it + PF, lasts) * 128)
+        range rereads its last one) and its scales (and zero points)."""
         wv = gl.load(wp + w_off + gl.minimum(wb3 + it, last3) * 128)
         # a run wholly past K (activation zero) takes the last group's scale: no load leaves the grid
         grp = gl.minimum((gl.minimum(wbs + it, lasts) * 64 + kq3) // GROUP, (K - 1) // GROUP)
@@ -201,14 +193,14 @@ if HAS_GLUON:
         return xa, xb, xc, xd
 
     @gluon.jit
-    def _load(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg, pf_off,
+    def _load(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg,
               wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq,
-              KIND: gl.constexpr, GROUP: gl.constexpr, TWO_N: gl.constexpr, PF: gl.constexpr):  # fmt: skip
+              KIND: gl.constexpr, GROUP: gl.constexpr, TWO_N: gl.constexpr):  # fmt: skip
         """The registers of window ``wb + it`` (each warp its own ``wb``, in the
         three layouts its tensors use): weight words, activation words,
         scales (and zero points)."""
         wv, sv, svb, zv, zvb = _load_w(it, wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8,
-                                       kq3, stride_sg, stride_zg, pf_off, KIND, GROUP, PF)  # fmt: skip
+                                       kq3, stride_sg, stride_zg, KIND, GROUP)  # fmt: skip
         xa, xb, xc, xd = _load_x(it, wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq, K, TWO_N)
         return wv, xa, xb, xc, xd, sv, svb, zv, zvb
 
@@ -286,7 +278,7 @@ if HAS_GLUON:
         stride_xm, stride_wt, stride_sn, stride_sg, stride_zn, stride_zg, stride_om, stride_on,
         ASM: gl.constexpr, CONS: gl.constexpr, KIND: gl.constexpr, FP16: gl.constexpr, GROUP: gl.constexpr,
         HAS_BIAS: gl.constexpr, TWO_N: gl.constexpr, R: gl.constexpr, NW: gl.constexpr, IS_SPLIT: gl.constexpr,
-        WSPLIT: gl.constexpr, SETS: gl.constexpr, PDL: gl.constexpr, PF: gl.constexpr,
+        WSPLIT: gl.constexpr, SETS: gl.constexpr, PDL: gl.constexpr,
     ):  # fmt: skip
         if PDL == 1 or PDL == 2:  # the next kernel may start its programs (they wait for this one's end)
             _gdc_launch()
@@ -344,14 +336,11 @@ if HAS_GLUON:
         r_s = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, LS)), 1)
         t_s = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LS)), 0)
         if WSPLIT:
-            tile_s = pid_n * R + r_s
+            row_s = (pid_n * R + r_s) * 16 + (t_s % 32) // 4
             wbs = w_start + (t_s // 32) * WPW
         else:
-            tile_s = pid_n * (R * NW) + (t_s // 32) * R + r_s
+            row_s = (pid_n * (R * NW) + (t_s // 32) * R + r_s) * 16 + (t_s % 32) // 4
             wbs = w_start + 0 * t_s
-        row_s = tile_s * 16 + (t_s % 32) // 4
-        # the lane's 16 bytes of a window, one address a lane (for the L2 prefetch)
-        pf_off = gl.where(tile_s < NT, tile_s, 0) * (stride_wt // 4) + (t_s % 32) * 4
         lasts = gl.minimum(wbs + WPW, w_end) - 1
         row_s8 = gl.where(row_s + 8 < N, row_s + 8, 0)
         row_s = gl.where(row_s < N, row_s, 0)
@@ -367,18 +356,18 @@ if HAS_GLUON:
         # after its decode, so each load has the other sets' decodes to land
         # in, and the loop carries no register copies. A window past the
         # split's end rereads the last one with the activation masked to zero.
-        LW = (wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg, pf_off)
+        LW = (wb3, last3, wbs, lasts, wp, w_off, K, s_base, s_base8, z_base, z_base8, kq3, stride_sg, stride_zg)
         LX = (wb2, wend2, last2, xp, x_off, x_off2, x_ok, x_ok2, kq)
         if PDL >= 2:
             # the first windows' weights and scales before waiting for the
             # previous kernel (the contract: a weight is not that kernel's
             # output; ``w4a16.PDL = False`` otherwise); the activation only after
-            a_w, a_s, a_sb, a_z, a_zb = _load_w(0, *LW, KIND, GROUP, PF)
-            b_w, b_s, b_sb, b_z, b_zb = _load_w(1, *LW, KIND, GROUP, PF)
+            a_w, a_s, a_sb, a_z, a_zb = _load_w(0, *LW, KIND, GROUP)
+            b_w, b_s, b_sb, b_z, b_zb = _load_w(1, *LW, KIND, GROUP)
             if SETS >= 3:
-                c_w, c_s, c_sb, c_z, c_zb = _load_w(2, *LW, KIND, GROUP, PF)
+                c_w, c_s, c_sb, c_z, c_zb = _load_w(2, *LW, KIND, GROUP)
             if SETS >= 4:
-                d_w, d_s, d_sb, d_z, d_zb = _load_w(3, *LW, KIND, GROUP, PF)
+                d_w, d_s, d_sb, d_z, d_zb = _load_w(3, *LW, KIND, GROUP)
             _gdc_wait()
             a_xa, a_xb, a_xc, a_xd = _load_x(0, *LX, K, TWO_N)
             b_xa, b_xb, b_xc, b_xd = _load_x(1, *LX, K, TWO_N)
@@ -389,36 +378,36 @@ if HAS_GLUON:
         else:
             if PDL == 1:
                 _gdc_wait()
-            a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(0, *LW, *LX, KIND, GROUP, TWO_N, PF)
-            b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(1, *LW, *LX, KIND, GROUP, TWO_N, PF)
+            a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(0, *LW, *LX, KIND, GROUP, TWO_N)
+            b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(1, *LW, *LX, KIND, GROUP, TWO_N)
             if SETS >= 3:
-                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(2, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(2, *LW, *LX, KIND, GROUP, TWO_N)
             if SETS >= 4:
-                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(3, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(3, *LW, *LX, KIND, GROUP, TWO_N)
         if SETS == 2:
             for it in range(0, WPW, 2):
                 acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 2, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 2, *LW, *LX, KIND, GROUP, TWO_N)
                 acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N)
         elif SETS == 3:
             for it in range(0, WPW, 3):
                 acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 3, *LW, *LX, KIND, GROUP, TWO_N)
                 acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N)
                 acc, acc2 = _step(c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N)
         else:
             for it in range(0, WPW, 4):
                 acc, acc2 = _step(a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                a_w, a_xa, a_xb, a_xc, a_xd, a_s, a_sb, a_z, a_zb = _load(it + 4, *LW, *LX, KIND, GROUP, TWO_N)
                 acc, acc2 = _step(b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                b_w, b_xa, b_xb, b_xc, b_xd, b_s, b_sb, b_z, b_zb = _load(it + 5, *LW, *LX, KIND, GROUP, TWO_N)
                 acc, acc2 = _step(c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 6, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                c_w, c_xa, c_xb, c_xc, c_xd, c_s, c_sb, c_z, c_zb = _load(it + 6, *LW, *LX, KIND, GROUP, TWO_N)
                 acc, acc2 = _step(d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb, acc, acc2, ASM, CONS, KIND, FP16, TWO_N)
-                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(it + 7, *LW, *LX, KIND, GROUP, TWO_N, PF)
+                d_w, d_xa, d_xb, d_xc, d_xd, d_s, d_sb, d_z, d_zb = _load(it + 7, *LW, *LX, KIND, GROUP, TWO_N)
 
         if PDL == 3:  # the next kernel may start once every program is past its loads
             _gdc_launch()
