@@ -16,12 +16,21 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def compile_config(bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: int, scalar: bool) -> dict:
-    import torch
+def _compile_sm90(kernel_fn, sig: dict, const: dict, warps: int):
+    """``kernel_fn`` (a Gluon kernel) compiled for sm90: ``sig`` the runtime
+    arguments' types, ``const`` the constexpr values (appended to ``sig``)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = dict(sig, **{name: "constexpr" for name in const})
+    src = GluonASTSource(kernel_fn, sig, {(list(sig).index(name),): v for name, v in const.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+
+
+def compile_config(bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: int, scalar: bool) -> dict:
+    import torch
+    from triton.experimental.gluon import language as gl
     from triton.runtime.jit import mangle_type
 
     from breccia.kernels.triton import gemm_wgmma
@@ -43,21 +52,13 @@ def compile_config(bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: 
     )  # fmt: skip
     const = dict(SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=128 if scalar else 1, HAS_BIAS=True,
                  STAGES=stages, WARPS_N=(16 * warps) // bm, GROUP_M=8, num_warps=warps)  # fmt: skip
-    sig.update({name: "constexpr" for name in const})
-    src = GluonASTSource(
-        gemm_wgmma._scaled_wgmma_kernel, sig, {(list(sig).index(name),): v for name, v in const.items()}
-    )
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    kernel = _compile_sm90(gemm_wgmma._scaled_wgmma_kernel, sig, const, warps)
     ptx = kernel.asm["ptx"]
     return {"wgmma": ptx.count("wgmma.mma_async"), "waits": ptx.count("wgmma.wait_group"),
             "shared": kernel.metadata.shared}  # fmt: skip
 
 
 def compile_w4a16(kind: int, two_n: bool, tpw: int, warps: int, sets: int, pdl: int, split: bool) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     from breccia.kernels.triton import w4a16_mma
 
     asm, cons = w4a16_mma.mma_asm(kind, False, two_n)
@@ -69,9 +70,7 @@ def compile_w4a16(kind: int, two_n: bool, tpw: int, warps: int, sets: int, pdl: 
     sig = dict(ptrs, **{name: "i32" for name in ints})
     const = dict(ASM=asm, CONS=cons, KIND=kind, FP16=False, GROUP=16 if kind == 2 else 128, HAS_BIAS=False,
                  TWO_N=two_n, R=tpw, NW=warps, IS_SPLIT=split, WSPLIT=False, SETS=sets, PDL=pdl)  # fmt: skip
-    sig.update({name: "constexpr" for name in const})
-    src = GluonASTSource(w4a16_mma.w4a16_mma_kernel, sig, {(list(sig).index(n),): v for n, v in const.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    kernel = _compile_sm90(w4a16_mma.w4a16_mma_kernel, sig, const, warps)
     ptx = kernel.asm["ptx"]
     return {"mma": ptx.count("mma.sync.aligned"), "shared": kernel.metadata.shared}
 
