@@ -89,6 +89,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="tiny shapes (smoke test on any device)")
     p.add_argument("--out", default=None, help="results markdown path")
+    p.add_argument("--variants", nargs="*", default=None, help="measure only these rows (bf16 always first)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     d, h, tokens = (128, 512, 256) if args.small else (4096, 14336, 16384)
@@ -111,7 +112,13 @@ def main(argv=None):
         dev_name, tri = platform.processor() or "cpu", "-"
 
     rows = []
-    for name, make in variants().items():
+    todo = variants()
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(todo))
+        if unknown:
+            p.error(f"--variants: unknown {unknown}; expected some of {sorted(todo)}")
+        todo = {n: m for n, m in todo.items() if n == "bf16" or n in args.variants}
+    for name, make in todo.items():
         try:
             ms, peak, saved = measure(make, d, h, tokens, device, bench)
             rows.append((name, ms, peak, saved))
@@ -135,7 +142,7 @@ def main(argv=None):
         lines.append(f"| {name} | {ms:.3f} | {flops / ms / 1e9:.0f} | {base / ms:.2f}x | {saved:.0f} | {peak:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    tag = "h100" if "H100" in dev_name else ("cpu" if device.type == "cpu" else "gpu")
+    tag = ("h200" if "H200" in dev_name else "h100" if "H100" in dev_name else "gpu") if device.type == "cuda" else "cpu"
     out = args.out or os.path.join(HERE, "results", f"training-{tag}{'-small' if args.small else ''}.md")
     write_text_atomic(out, text)
     try:

@@ -291,13 +291,18 @@ def check_rowcol(small: bool, dev: str) -> list[dict]:
              "grad_output"),
             ("mxfp8 floor + columnwise", breccia.MXFP8BlockScaling(), "input"),
             ("mxfp8 rceil + columnwise", breccia.MXFP8BlockScaling(scale_rule="rceil"), "input"),
+            ("fp8 tensorwise + columnwise", breccia.Float8CurrentScaling(), "input"),
+            ("fp8 tensorwise e5m2 + columnwise", breccia.Float8CurrentScaling(fp8_format="hybrid"), "grad_output"),
+            ("fp8 tensorwise pow2 + columnwise", breccia.Float8CurrentScaling(power_of_2_scale=True), "input"),
+            ("fp8 delayed (given amax) + columnwise", breccia.DelayedScaling(margin=1), "input"),
         ]:
             spec = recipe.spec(role)
-            a, b = tq.quantize_rowwise_and_columnwise(x, spec)
+            amax = x.float().abs().amax() * 0.75 if label.startswith("fp8 delayed") else None
+            a, b = tq.quantize_rowwise_and_columnwise(x, spec, amax)
             rows.append({
                 "spec": label, "input": xlabel,
-                "rowwise": compare(a, quantize_reference(x, spec), False),
-                "columnwise (x.T)": compare(b, quantize_reference(x.t(), spec), False),
+                "rowwise": compare(a, quantize_reference(x, spec, amax=amax), False),
+                "columnwise (x.T)": compare(b, quantize_reference(x.t(), spec, amax=amax), False),
             })
     return rows
 

@@ -101,28 +101,39 @@ def _scaled_tensor(qdata, scale, gs, zp, recipe: Recipe, role: str, shape: tuple
     )
 
 
-def cast_with_transpose(x: torch.Tensor, recipe: Recipe, role: str) -> tuple[ScaledTensor, ScaledTensor]:
+def cast_with_transpose(
+    x: torch.Tensor, recipe: Recipe, role: str, *, amax_history: Optional[torch.Tensor] = None
+) -> tuple[ScaledTensor, ScaledTensor]:
     """``(cast(x, recipe, role), cast(x.T, recipe, role))`` for a 2-D ``x``:
     the rowwise copy and the columnwise one (blocks along M) that a
-    grad-weight GEMM wants, from one read of ``x`` on CUDA where the recipe's
-    blocks are (1, B) FP8 (Float8BlockScaling, MXFP8BlockScaling); the same
-    bits as two casts everywhere."""
+    grad-weight GEMM wants. On CUDA one cast pass reads ``x`` for both where
+    the recipe's FP8 blocks are tensorwise or (1, B) (Float8CurrentScaling,
+    DelayedScaling, Float8BlockScaling's activations, MXFP8BlockScaling);
+    the same bits as two casts everywhere. ``amax_history``: as in
+    :func:`cast` (DelayedScaling)."""
     _check_recipe(recipe)
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"x: expected a 2-D float tensor, got {getattr(x, 'shape', type(x).__name__)}")
     spec = recipe.spec(role)  # (raises for an unknown role)
     if not rowcol_spec(spec):
-        raise ValueError(f"recipe: {recipe.name} blocks {spec.block} are not (1, B) FP8 blocks")
-    q, s, qt, st = quantize_rowcol_op(x, spec.to_key())
+        raise ValueError(f"recipe: {recipe.name} blocks {spec.block} are neither tensorwise nor (1, B) FP8 blocks")
+    amax = None
+    if amax_history is not None:
+        if not isinstance(recipe, DelayedScaling):
+            raise ValueError(f"amax_history: only DelayedScaling takes one, not {recipe.name}")
+        amax = recipe.history_amax(amax_history)
+    q, s, qt, st = quantize_rowcol_op(x, spec.to_key(), amax)
     rows = _scaled_tensor(q, s, None, None, recipe, role, tuple(x.shape), x.dtype)
     return rows, _scaled_tensor(qt, st, None, None, recipe, role, tuple(x.shape[::-1]), x.dtype)
 
 
 def rowcol_spec(spec) -> bool:
-    """Whether :func:`cast_with_transpose` takes ``spec``: (1, B) blocks of an
-    8-bit element, deterministic rounding."""
+    """Whether :func:`cast_with_transpose` takes ``spec``: an 8-bit element,
+    deterministic rounding, tensorwise or (1, B) blocks."""
     b = tuple(spec.block)
-    return spec.fmt.bits == 8 and len(b) == 2 and b[0] == 1 and b[1] >= 1 and not spec.stochastic
+    if spec.fmt.bits != 8 or spec.stochastic:
+        return False
+    return all(d == WHOLE for d in b) or (len(b) == 2 and b[0] == 1 and b[1] >= 1)
 
 
 def dequantize(st: ScaledTensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:

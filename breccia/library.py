@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from .quantize import block_for, dequantize_reference, payload_shape, quantize_reference, scale_grid_shape
-from .recipes import QuantSpec
+from .recipes import WHOLE, QuantSpec
 
 __all__ = ["quantize_op", "quantize_rowcol_op", "dequantize_op"]
 
@@ -61,26 +61,30 @@ def _(x, spec, amax=None, noise=None, block_amax=None):
 
 
 @torch.library.custom_op("breccia::quantize_rowcol", mutates_args=())
-def quantize_rowcol_op(x: torch.Tensor, spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_rowcol_op(
+    x: torch.Tensor, spec: str, amax: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """2-D ``x`` quantized by ``spec`` twice, as ``x`` and as ``x.T`` (blocks
     along each one's last dim): ``(qdata, scale, qdata_t, scale_t)``. The
-    backward GEMMs of training want both; on CUDA one Triton pass reads ``x``
-    once for the two (FP8 and MXFP8 (1, B) blocks), bit-identical to two
-    reference casts."""
+    backward GEMMs of training want both; on CUDA one Triton cast pass reads
+    ``x`` for the two (FP8 tensorwise and (1, B) blocks, MXFP8), bit-identical
+    to two reference casts. ``amax``: a tensorwise spec's precomputed amax."""
     s = QuantSpec.from_key(spec)
     if x.is_cuda:
         from .kernels.triton import cuda_quantize_rowcol
 
-        out = cuda_quantize_rowcol(x, s)
+        out = cuda_quantize_rowcol(x, s, amax)
         if out is not None:
             return out
-    rows = quantize_reference(x, s)
-    cols = quantize_reference(x.t(), s)
+    rows = quantize_reference(x, s, amax=amax)
+    if all(b == WHOLE for b in s.block):  # one scale: the transposed payload is the same codes
+        return rows.qdata, rows.scale, rows.qdata.t().contiguous(), rows.scale.clone()
+    cols = quantize_reference(x.t(), s, amax=amax)
     return rows.qdata, rows.scale, cols.qdata.contiguous(), cols.scale.contiguous()
 
 
 @quantize_rowcol_op.register_fake
-def _(x, spec):
+def _(x, spec, amax=None):
     s = QuantSpec.from_key(spec)
     out = []
     for shape in (tuple(x.shape), tuple(x.shape[::-1])):

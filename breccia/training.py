@@ -67,13 +67,11 @@ def _cast_columnwise(t: torch.Tensor, recipe: Recipe, role: str) -> ScaledTensor
 
 def _cast_both(t: torch.Tensor, recipe: Recipe, role: str, history: Optional[torch.Tensor] = None):
     """``t`` quantized along dim 1 (rowwise) and along dim 0 (the
-    grad-weight copy): one cast for tensorwise recipes, one fused pass for
-    (1, B) FP8 blocks, else two casts."""
-    if _tensorwise(recipe, role):
-        q = cast(t, recipe, role, amax_history=history)
-        return q, q
-    if history is None and rowcol_spec(recipe.spec(role)):
-        q, qt = cast_with_transpose(t, recipe, role)
+    grad-weight copy, a transposed view of a (C, R) payload: the layout the
+    backward GEMM wants): one cast pass for tensorwise and (1, B) FP8
+    recipes, else two casts."""
+    if rowcol_spec(recipe.spec(role)):
+        q, qt = cast_with_transpose(t, recipe, role, amax_history=history)
         return q, qt.t()
     return cast(t, recipe, role, amax_history=history), _cast_columnwise(t, recipe, role)
 
@@ -95,7 +93,14 @@ class _ScaledLinear(torch.autograd.Function):
         # under FSDP2 the weight arrives already quantized (the all-gather
         # moved payload and scales: breccia.distributed.fsdp)
         gathered = isinstance(weight, ScaledTensor)
-        wq = weight if gathered else cast(weight, recipe, "weight", amax_history=hist_w)
+        w_dgrad = None
+        if gathered:
+            wq = weight
+        elif _tensorwise(recipe, "weight"):
+            # the grad-input GEMM wants W (N, K) column-major: written by the same cast pass
+            wq, w_dgrad = _cast_both(weight, recipe, "weight", hist_w)
+        else:
+            wq = cast(weight, recipe, "weight", amax_history=hist_w)
         # torch ops on ScaledTensors: the op table routes them (and traced
         # code reaches the same route through the dispatcher)
         y = torch.addmm(bias, xq, wq.t()) if bias is not None else torch.mm(xq, wq.t())
@@ -104,6 +109,8 @@ class _ScaledLinear(torch.autograd.Function):
         # wq, never from the high-precision weight: under FSDP2 only wq exists,
         # and sharded and single-device training must compute the same thing.)
         w_dgrad_ready = _tensorwise(recipe, "weight") or _square_block(recipe, "weight")
+        if w_dgrad is None:
+            w_dgrad = wq
         if delayed and not x_given:
             _push_amax(hist_x, x2)
             if not gathered:  # (FSDP2 pushed each rank's amax before the all-gather)
@@ -114,13 +121,13 @@ class _ScaledLinear(torch.autograd.Function):
         ctx.hist_g = hist_g
         ctx.w_dgrad_ready = w_dgrad_ready
         ctx.weight_dtype = weight.dtype
-        ctx.save_for_backward(x_wgrad, wq)
+        ctx.save_for_backward(x_wgrad, w_dgrad)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
         recipe = ctx.recipe
-        x_wgrad, wq = ctx.saved_tensors
+        x_wgrad, wq = ctx.saved_tensors  # (wq: the weight's grad-input copy where the forward made one)
         g = grad_out.reshape(-1, grad_out.shape[-1])
         hist_g = ctx.hist_g
         grad_x = grad_w = grad_b = None

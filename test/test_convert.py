@@ -143,14 +143,14 @@ def test_training_in_bf16_with_3d_input():
 
 def test_hybrid_gradients_are_e5m2(monkeypatch):
     seen = []
-    real = breccia.training.cast
+    real = breccia.training.cast_with_transpose  # (tensorwise casts: rowwise and columnwise in one)
 
-    def spy(t, recipe, role="weight", **kw):
+    def spy(t, recipe, role, **kw):
         out = real(t, recipe, role, **kw)
-        seen.append((role, out.qdata.dtype))
+        seen.extend((role, q.qdata.dtype) for q in out)
         return out
 
-    monkeypatch.setattr(breccia.training, "cast", spy)
+    monkeypatch.setattr(breccia.training, "cast_with_transpose", spy)
     model = breccia.convert(mlp(), breccia.Float8CurrentScaling(fp8_format="hybrid"), mode="training")
     _train_step(model, randn(8, 128))
     assert ("grad_output", torch.float8_e5m2) in seen and ("input", torch.float8_e4m3fn) in seen
@@ -184,32 +184,44 @@ def test_forward_gemm_fast_accumulated_gradients_not(fast, granularity, monkeypa
         breccia.Float8CurrentScaling(fast_accum_forward=1)
 
 
-@pytest.mark.parametrize("name", ["fp8_block", "mxfp8"])
-def test_training_casts_both_directions_in_one_pass(name, monkeypatch):
-    """(1, B) block recipes quantize x and dy rowwise and columnwise through
-    one ``cast_with_transpose`` each (one read on CUDA), with the bits of two
-    casts."""
+@pytest.mark.parametrize("name,roles", [
+    ("fp8_block", ["input", "grad_output"]),
+    ("mxfp8", ["input", "grad_output"]),
+    ("fp8_tensor", ["input", "weight", "grad_output"]),
+    ("delayed", ["input", "weight", "grad_output"]),
+])
+def test_training_casts_both_directions_in_one_pass(name, roles, monkeypatch):
+    """Tensorwise and (1, B) block recipes quantize x and dy (tensorwise: W
+    too) rowwise and columnwise through one ``cast_with_transpose`` each (one
+    cast pass on CUDA), with the bits of two casts; the columnwise copy is
+    the transposed payload the backward GEMMs take as it is."""
     calls = []
     real = breccia.training.cast_with_transpose
 
-    def spy(t, recipe, role):
-        q, qt = real(t, recipe, role)
-        ref_q, ref_qt = breccia.cast(t, recipe, role), breccia.cast(t.t(), recipe, role)
+    def spy(t, recipe, role, amax_history=None):
+        q, qt = real(t, recipe, role, amax_history=amax_history)
+        ref_q = breccia.cast(t, recipe, role, amax_history=amax_history)
+        ref_qt = breccia.cast(t.t(), recipe, role, amax_history=amax_history)
         assert torch.equal(q.qdata.view(torch.uint8), ref_q.qdata.view(torch.uint8))
         assert torch.equal(qt.qdata.view(torch.uint8), ref_qt.qdata.view(torch.uint8))
         assert torch.equal(qt.scale.view(torch.uint8), ref_qt.scale.view(torch.uint8))
+        assert qt.qdata.is_contiguous()
         calls.append(role)
         return q, qt
 
     monkeypatch.setattr(breccia.training, "cast_with_transpose", spy)
     model = breccia.convert(nn.Linear(256, 128, bias=False), RECIPES[name], mode="training")
     model(randn(64, 256).requires_grad_()).sum().backward()
-    assert calls == ["input", "grad_output"]
+    assert sorted(calls) == sorted(roles)
 
 
 def test_cast_with_transpose_rejects_other_recipes():
     with pytest.raises(ValueError, match="recipe"):
         breccia.api.cast_with_transpose(randn(8, 32), breccia.Float8CurrentScaling(granularity="row"), "input")
+    with pytest.raises(ValueError, match="recipe"):
+        breccia.api.cast_with_transpose(randn(8, 32), RECIPES["nvfp4"], "input")
+    with pytest.raises(ValueError, match="amax_history"):
+        breccia.api.cast_with_transpose(randn(8, 32), RECIPES["fp8_tensor"], "input", amax_history=torch.ones(4))
     with pytest.raises(ValueError, match="x: expected a 2-D"):
         breccia.api.cast_with_transpose(randn(2, 8, 32), RECIPES["fp8_block"], "input")
     with pytest.raises(ValueError, match="role"):
@@ -254,19 +266,20 @@ def test_delayed_scaling_history_step_by_step():
     for step, x in enumerate(xs):
         before = hist.input.clone()
         seen = []
-        real = breccia.training.cast
+        real = breccia.training.cast_with_transpose
 
-        def spy(t, r, role="weight", **kw):
-            out = real(t, r, role, **kw)
+        def spy(t, r, role, **kw):
+            rows, cols = real(t, r, role, **kw)
             if role == "input" and t.shape == (8, 64):
-                seen.append(out.scale.reshape(()).item())
-            return out
+                seen.append(rows.scale.reshape(()).item())
+                assert cols.scale.reshape(()).item() == seen[-1]
+            return rows, cols
 
-        breccia.training.cast = spy
+        breccia.training.cast_with_transpose = spy
         try:
             _train_step(model, x)
         finally:
-            breccia.training.cast = real
+            breccia.training.cast_with_transpose = real
         # the scale came from the history before this step ...
         assert seen[0] == scale_from_amax_history(before, recipe, "input").item()
         # ... and this step's amax was pushed in, newest first

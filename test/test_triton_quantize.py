@@ -291,9 +291,27 @@ def test_rowwise_and_columnwise(recipe, role, impl, width):
     assert_bit_exact(cols, quantize_reference(x.t(), spec))
 
 
+@pytest.mark.parametrize("label", ["tensor_e4m3", "tensor_e5m2", "tensor_pow2", "delayed_margin"])
+@pytest.mark.parametrize("tile", [(16, 32, 4), (32, 16, 4)], ids=["16x32", "32x16"])
+def test_tensorwise_rowwise_and_columnwise(label, tile):
+    """Tensorwise FP8 cast once, stored as x (M, K) and as x.T (K, M), with
+    the amax pass and with a given amax; ragged tiles at the edges."""
+    spec = spec_of(label)
+    for x, amax in ((_edge(50, 70).bfloat16(), None), (torch.randn(50, 70, generator=gen(17)), None),
+                    (torch.randn(50, 70, generator=gen(18)).half(), torch.tensor(3.0))):
+        rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, amax, config=tq.Config(*tile))
+        assert_bit_exact(rows, quantize_reference(x, spec, amax=amax))
+        assert cols.qdata.shape == (70, 50) and cols.qdata.is_contiguous()
+        assert_bit_exact(cols, quantize_reference(x.t(), spec, amax=amax))
+
+
 def test_rowwise_and_columnwise_rejects_other_specs():
     with pytest.raises(ValueError, match="quantize_rowwise_and_columnwise"):
         tq.quantize_rowwise_and_columnwise(torch.randn(4, 32), spec_of("nvfp4"))
+    with pytest.raises(ValueError, match="amax"):  # a given amax is for tensorwise specs only
+        tq.quantize_rowwise_and_columnwise(torch.randn(4, 32), spec_of("1x128"), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="amax"):
+        tq.quantize_rowwise_and_columnwise(torch.randn(4, 32), spec_of("tensor_e4m3"), torch.ones(2))
 
 
 # --------------------------------------------------------------------------- ops and routing

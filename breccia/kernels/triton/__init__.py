@@ -40,15 +40,15 @@ def cuda_quantize(
     return quantize_tuple(x, spec, amax, noise, block_amax)
 
 
-def cuda_quantize_rowcol(x: torch.Tensor, spec) -> Optional[tuple]:
+def cuda_quantize_rowcol(x: torch.Tensor, spec, amax: Optional[torch.Tensor] = None) -> Optional[tuple]:
     """``(qdata, scale, qdata_t, scale_t)`` of ``x`` and of ``x.T`` from one
-    Triton pass over a CUDA ``x``, or ``None`` where the kernel does not take
-    ``x`` / ``spec``."""
+    Triton cast pass over a CUDA ``x``, or ``None`` where the kernels do not
+    take ``x`` / ``spec``."""
     if not (HAS_TRITON and x.is_cuda):
         return None
     from .quantize import quantize_rowwise_and_columnwise, supports_rowcol
 
-    if not supports_rowcol(x, spec):
+    if not supports_rowcol(x, spec, amax):
         return None
-    rows, cols = quantize_rowwise_and_columnwise(x, spec)
+    rows, cols = quantize_rowwise_and_columnwise(x, spec, amax)
     return rows.qdata, rows.scale, cols.qdata, cols.scale

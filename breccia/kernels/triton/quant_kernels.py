@@ -85,6 +85,16 @@ def partial_amax_kernel(x_ptr, part_ptr, N, n_iter, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _tensor_amax(amax_ptr, part_ptr, n_part, PART_P2: tl.constexpr, AMAX_GIVEN: tl.constexpr):
+    """The tensor's amax: given, or folded from pass 1's partials (a few KB
+    from L2, read by every program)."""
+    if AMAX_GIVEN:
+        return tl.load(amax_ptr).to(tl.float32)
+    i = tl.arange(0, PART_P2)
+    return tl.max(tl.load(part_ptr + i, mask=i < n_part, other=0), axis=0).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def cast_tensorwise_kernel(
     x_ptr, q_ptr, s_ptr, amax_ptr, part_ptr, N, n_part,
     BLOCK: tl.constexpr, PART_P2: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
@@ -95,11 +105,7 @@ def cast_tensorwise_kernel(
     the one scale and casts its tile. REVERSE walks tiles from the end, which
     pass 1 touched last and L2 may still hold."""
     pid = tl.program_id(0)
-    if AMAX_GIVEN:
-        amax = tl.load(amax_ptr).to(tl.float32)
-    else:
-        i = tl.arange(0, PART_P2)
-        amax = tl.max(tl.load(part_ptr + i, mask=i < n_part, other=0), axis=0).to(tl.float32, bitcast=True)
+    amax = _tensor_amax(amax_ptr, part_ptr, n_part, PART_P2, AMAX_GIVEN)
     s, f = _fp8_scale(amax, MODE, FMAX, MARGIN_MUL, TARGET, 0, 0.0)
     tl.store(s_ptr, s, mask=pid == 0)
     if REVERSE:
@@ -111,6 +117,40 @@ def cast_tensorwise_kernel(
     x = to_f32(tl.load(x_ptr + offs, mask=m, other=0.0))
     y = _apply(x, tl.zeros_like(x) + f, MODE)
     tl.store(q_ptr + offs, fp8_bits(y, E4M3, NATIVE), mask=m)
+
+
+@triton.jit
+def cast_tensorwise_rowcol_kernel(
+    x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, amax_ptr, part_ptr, M, K, n_part, n_ktiles,
+    BM: tl.constexpr, BK: tl.constexpr, PART_P2: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
+    FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, TARGET: tl.constexpr,
+    AMAX_GIVEN: tl.constexpr, NATIVE: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Pass 2 of tensorwise scaling for a 2-D ``x`` (M, K), writing the
+    payload twice from one read: as ``x`` (M, K) and transposed (K, M), the
+    operand layout of the backward GEMMs (one scale serves both). A 1-D grid
+    walks (BM, BK) tiles in row-major order, backwards with REVERSE."""
+    pid = tl.program_id(0)
+    amax = _tensor_amax(amax_ptr, part_ptr, n_part, PART_P2, AMAX_GIVEN)
+    s, f = _fp8_scale(amax, MODE, FMAX, MARGIN_MUL, TARGET, 0, 0.0)
+    tl.store(s_ptr, s, mask=pid == 0)
+    tl.store(st_ptr, s, mask=pid == 0)
+    if REVERSE:
+        t = tl.num_programs(0) - 1 - pid
+    else:
+        t = pid
+    pid_m = t // n_ktiles
+    pid_k = t - pid_m * n_ktiles
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_k * BK + tl.arange(0, BK)
+    row_ok = rows < M
+    col_ok = cols < K
+    x = to_f32(tl.load(x_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :],
+                       mask=row_ok[:, None] & col_ok[None, :], other=0.0))
+    q = fp8_bits(_apply(x, tl.zeros_like(x) + f, MODE), E4M3, NATIVE)
+    tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(qt_ptr + cols.to(tl.int64)[:, None] * M + rows[None, :], tl.trans(q),
+             mask=col_ok[:, None] & row_ok[None, :])
 
 
 # --------------------------------------------------------------------------- blocks
@@ -175,11 +215,7 @@ def quant_blocks_kernel(
             noise = tl.load(noise_ptr + offs, mask=mask, other=0.0)
         if MODE == 4:
             # global scale from the given amax, or from the pass-1 partials
-            if AMAX_GIVEN:
-                t_amax = tl.load(amax_ptr).to(tl.float32)
-            else:
-                i = tl.arange(0, PART_P2)
-                t_amax = tl.max(tl.load(part_ptr + i, mask=i < n_part, other=0), axis=0).to(tl.float32, bitcast=True)
+            t_amax = _tensor_amax(amax_ptr, part_ptr, n_part, PART_P2, AMAX_GIVEN)
             g = tl.math.div_rn(t_amax, NVFP4_GLOBAL_DIVISOR)
             g = tl.where(t_amax == 0.0, 1.0, tl.maximum(g, TINY, propagate_nan=tl.PropagateNan.ALL))
             tl.store(gs_ptr, g, mask=pid == 0)

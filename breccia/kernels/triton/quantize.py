@@ -34,6 +34,7 @@ from .quant_kernels import (
     INT4_SYM,
     NVFP4,
     cast_tensorwise_kernel,
+    cast_tensorwise_rowcol_kernel,
     partial_amax_kernel,
     quant_blocks_kernel,
     quant_rowcol2d_kernel,
@@ -371,21 +372,75 @@ def quantize_tuple(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor
 # --------------------------------------------------------------------------- fused transpose
 
 
-def supports_rowcol(x: torch.Tensor, spec: QuantSpec) -> bool:
-    """(1, B) FP8 blocks (fp32 or e8m0 scales, B a power of two from 16 to 128)
-    of a 2-D tensor."""
+def _tensorwise_spec(spec: QuantSpec) -> bool:
+    return all(b == WHOLE for b in spec.block)
+
+
+def supports_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor] = None) -> bool:
+    """FP8 of a 2-D tensor, deterministic rounding: tensorwise (``amax``, if
+    given, of one element), or (1, B) blocks (fp32 or e8m0 scales, B a power
+    of two from 16 to 128)."""
     b = tuple(spec.block)
-    return (
+    if not (
         x.dim() == 2 and x.numel() > 0 and x.dtype in _IN_DTYPES
         and (x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1")
-        and spec.fmt.bits == 8 and len(b) == 2 and b[0] == 1 and _pow2(b[1]) and 16 <= b[1] <= 128
-    )
+        and spec.fmt.bits == 8 and not spec.stochastic
+    ):
+        return False
+    if _tensorwise_spec(spec):
+        return amax is None or amax.numel() == 1
+    return amax is None and len(b) == 2 and b[0] == 1 and _pow2(b[1]) and 16 <= b[1] <= 128
 
 
-def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Optional[Config] = None) -> tuple:
+#: tensorwise rowwise + columnwise cast: (rows, cols) tile, warps
+TENSOR_ROWCOL = Config(64, 128, 8)
+
+
+def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor], launch: Launch,
+                           config: Optional[Config] = None) -> tuple:
+    """Tensorwise FP8 of ``x`` (M, K) written as (M, K) and as (K, M): the
+    amax pass (unless ``amax`` is given), then one pass casting each tile
+    once and storing it twice."""
+    M, K = x.shape
+    dev = x.device
+    cfg = config or TENSOR_ROWCOL
+    given = amax is not None
+    n_part = part_iters = 0
+    if not given:
+        n_blk = triton.cdiv(M * K, AMAX_PASS.width)
+        n_part = max(1, min(n_blk, _n_programs(x)))
+        part_iters = triton.cdiv(n_blk, n_part)
+    q = torch.empty((M, K), dtype=spec.fmt.storage, device=dev)
+    qt = torch.empty((K, M), dtype=spec.fmt.storage, device=dev)
+    s = torch.empty((1, 1), dtype=torch.float32, device=dev)
+    st = torch.empty((1, 1), dtype=torch.float32, device=dev)
+    amax_arg = amax.to(device=dev, dtype=torch.float32).reshape(1) if given else x
+    key = None
+    if launch is _fast:
+        key = ("tensor_rowcol", spec, M, K, cfg, given, _n_programs(x), AMAX_PASS, x.dtype, _aligned(x),
+               _aligned(amax_arg), dev.index)
+    part = x
+    if n_part:
+        part = torch.empty(n_part, dtype=torch.int32, device=dev)
+        launch(partial_amax_kernel, (n_part,), key and ("amax",) + key)(
+            x, part, x.numel(), part_iters, BLOCK=AMAX_PASS.width, num_warps=AMAX_PASS.warps)
+    n_ktiles = triton.cdiv(K, cfg.width)
+    consts = _fp8_constants(spec.fmt, spec.margin)
+    launch(cast_tensorwise_rowcol_kernel, (triton.cdiv(M, cfg.rows) * n_ktiles,), key)(
+        x, q.view(torch.uint8), s, qt.view(torch.uint8), st, amax_arg, part, M, K, n_part, n_ktiles,
+        BM=cfg.rows, BK=cfg.width, PART_P2=triton.next_power_of_2(max(n_part, 1)), MODE=_mode(spec),
+        AMAX_GIVEN=given, NATIVE=_native(x), REVERSE=not given, num_warps=cfg.warps,
+        **{k: consts[k] for k in _TENSOR_KEYS})
+    return q, s, qt, st
+
+
+def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Optional[Config] = None,
+                amax: Optional[torch.Tensor] = None) -> tuple:
+    x = x.contiguous()
+    if _tensorwise_spec(spec):
+        return _run_tensorwise_rowcol(x, spec, amax, launch, config)
     M, K = x.shape
     B = spec.block[1]
-    x = x.contiguous()
     dev = x.device
     mode = _mode(spec)
     sd = spec.scale_torch_dtype
@@ -421,17 +476,21 @@ def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Option
     return q, s, qt, st
 
 
-def quantize_rowwise_and_columnwise(x: torch.Tensor, spec: QuantSpec, *,
+def quantize_rowwise_and_columnwise(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor] = None, *,
                                     config: Optional[Config] = None) -> tuple[Quantized, Quantized]:
-    """``(quantize_reference(x, spec), quantize_reference(x.T, spec))`` from
-    one read of ``x`` (M, K): the columnwise copy is (K, M), blocked along M,
-    as the backward GEMMs (``dgrad``/``wgrad``) want it."""
-    if not supports_rowcol(x, spec):
+    """``(quantize_reference(x, spec, amax=amax), quantize_reference(x.T, spec,
+    amax=amax))`` from one cast pass over ``x`` (M, K): the columnwise copy is
+    (K, M), blocked along M, as the backward GEMMs (``dgrad``/``wgrad``) want
+    it. ``amax``: tensorwise only, a precomputed amax (no amax pass).
+    ``config``: the tile, for benchmarks (tensorwise: rows x width, warps; for
+    blocks see :func:`_run_rowcol`)."""
+    if not supports_rowcol(x, spec, amax):
         raise ValueError(
-            f"quantize_rowwise_and_columnwise: expected a non-empty 2-D float tensor and an FP8 spec with "
-            f"(1, B) blocks, B in 16..128 a power of two; got shape {tuple(x.shape)}, {x.dtype}, block {spec.block}"
+            f"quantize_rowwise_and_columnwise: expected a non-empty 2-D float tensor and an FP8 spec, "
+            f"tensorwise (amax of one element) or with (1, B) blocks, B in 16..128 a power of two; got shape "
+            f"{tuple(x.shape)}, {x.dtype}, block {spec.block}, amax {None if amax is None else tuple(amax.shape)}"
         )
-    q, s, qt, st = _run_rowcol(x, spec, _eager(x), config)
+    q, s, qt, st = _run_rowcol(x, spec, _eager(x), config, amax)
     return Quantized(q, s, None, None), Quantized(qt, st, None, None)
 
 
@@ -448,6 +507,9 @@ def triton_quantize(
 
 
 @torch.library.triton_op("breccia::triton_quantize_rowcol", mutates_args=())
-def triton_quantize_rowcol(x: torch.Tensor, spec: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rowwise and columnwise (1, B) FP8 payloads and scales of 2-D ``x``."""
-    return _run_rowcol(x, QuantSpec.from_key(spec), _wrapped)
+def triton_quantize_rowcol(
+    x: torch.Tensor, spec: str, amax: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rowwise and columnwise FP8 payloads and scales of 2-D ``x`` (tensorwise
+    or (1, B) blocks)."""
+    return _run_rowcol(x, QuantSpec.from_key(spec), _wrapped, amax=amax)
