@@ -305,6 +305,18 @@ def test_tensorwise_rowwise_and_columnwise(label, tile):
         assert_bit_exact(cols, quantize_reference(x.t(), spec, amax=amax))
 
 
+def test_tensorwise_columnwise_tma_store(monkeypatch):
+    """The transposed tile stored through a (K, M) tensor descriptor (the
+    sm90 path; the interpreter runs descriptors too): same bits, edges clipped."""
+    monkeypatch.setattr(tq, "_tma_ok", lambda x, M, cfg: M % 16 == 0)
+    spec = spec_of("tensor_e4m3")
+    for shape in ((48, 70), (64, 40)):
+        x = torch.randn(*shape, generator=gen(19)).bfloat16()
+        rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, config=tq.Config(32, 16, 4))
+        assert_bit_exact(rows, quantize_reference(x, spec))
+        assert_bit_exact(cols, quantize_reference(x.t(), spec))
+
+
 def test_rowwise_and_columnwise_rejects_other_specs():
     with pytest.raises(ValueError, match="quantize_rowwise_and_columnwise"):
         tq.quantize_rowwise_and_columnwise(torch.randn(4, 32), spec_of("nvfp4"))

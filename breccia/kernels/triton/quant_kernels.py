@@ -124,12 +124,15 @@ def cast_tensorwise_rowcol_kernel(
     x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, amax_ptr, part_ptr, M, K, n_part, n_ktiles,
     BM: tl.constexpr, BK: tl.constexpr, PART_P2: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
     FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, TARGET: tl.constexpr,
-    AMAX_GIVEN: tl.constexpr, NATIVE: tl.constexpr, REVERSE: tl.constexpr,
+    AMAX_GIVEN: tl.constexpr, NATIVE: tl.constexpr, REVERSE: tl.constexpr, TMA_T: tl.constexpr,
 ):
     """Pass 2 of tensorwise scaling for a 2-D ``x`` (M, K), writing the
     payload twice from one read: as ``x`` (M, K) and transposed (K, M), the
     operand layout of the backward GEMMs (one scale serves both). A 1-D grid
-    walks (BM, BK) tiles in row-major order, backwards with REVERSE."""
+    walks (BM, BK) tiles in row-major order, backwards with REVERSE. TMA_T:
+    ``qt_ptr`` is a (K, M) tensor descriptor of (BK, BM) blocks and the
+    transposed tile leaves through shared memory by TMA (clipped at the
+    edges)."""
     pid = tl.program_id(0)
     amax = _tensor_amax(amax_ptr, part_ptr, n_part, PART_P2, AMAX_GIVEN)
     s, f = _fp8_scale(amax, MODE, FMAX, MARGIN_MUL, TARGET, 0, 0.0)
@@ -149,8 +152,11 @@ def cast_tensorwise_rowcol_kernel(
                        mask=row_ok[:, None] & col_ok[None, :], other=0.0))
     q = fp8_bits(_apply(x, tl.zeros_like(x) + f, MODE), E4M3, NATIVE)
     tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=row_ok[:, None] & col_ok[None, :])
-    tl.store(qt_ptr + cols.to(tl.int64)[:, None] * M + rows[None, :], tl.trans(q),
-             mask=col_ok[:, None] & row_ok[None, :])
+    if TMA_T:
+        qt_ptr.store([pid_k * BK, pid_m * BM], tl.trans(q))
+    else:
+        tl.store(qt_ptr + cols.to(tl.int64)[:, None] * M + rows[None, :], tl.trans(q),
+                 mask=col_ok[:, None] & row_ok[None, :])
 
 
 # --------------------------------------------------------------------------- blocks

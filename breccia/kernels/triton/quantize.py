@@ -394,6 +394,22 @@ def supports_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tenso
 
 #: tensorwise rowwise + columnwise cast: (rows, cols) tile, warps
 TENSOR_ROWCOL = Config(64, 128, 8)
+#: the transposed tile is stored by TMA where the device and strides allow
+TENSOR_ROWCOL_TMA = True
+
+
+def _tma_ok(x: torch.Tensor, M: int, cfg: Config) -> bool:
+    """A TMA store of (width, rows) uint8 blocks into a (K, M) tensor: sm90+,
+    rows of 16-byte multiples, a block row of 16 bytes or more."""
+    if not (TENSOR_ROWCOL_TMA and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9):
+        return False
+    if not _native(x):
+        return False
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    return M % 16 == 0 and cfg.rows >= 16 and cfg.rows <= 256 and cfg.width <= 256
 
 
 def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor], launch: Launch,
@@ -415,6 +431,14 @@ def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torc
     s = torch.empty((1, 1), dtype=torch.float32, device=dev)
     st = torch.empty((1, 1), dtype=torch.float32, device=dev)
     amax_arg = amax.to(device=dev, dtype=torch.float32).reshape(1) if given else x
+    tma = launch is not _wrapped and _tma_ok(x, M, cfg)  # (traced launches: plain pointers)
+    qt_arg = qt.view(torch.uint8)
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        qt_arg = TensorDescriptor(qt_arg, shape=[K, M], strides=[M, 1], block_shape=[cfg.width, cfg.rows])
+    # (a descriptor argument is not for the direct launcher)
+    launch = _direct if tma and launch is _fast else launch
     key = None
     if launch is _fast:
         key = ("tensor_rowcol", spec, M, K, cfg, given, _n_programs(x), AMAX_PASS, x.dtype, _aligned(x),
@@ -427,9 +451,9 @@ def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torc
     n_ktiles = triton.cdiv(K, cfg.width)
     consts = _fp8_constants(spec.fmt, spec.margin)
     launch(cast_tensorwise_rowcol_kernel, (triton.cdiv(M, cfg.rows) * n_ktiles,), key)(
-        x, q.view(torch.uint8), s, qt.view(torch.uint8), st, amax_arg, part, M, K, n_part, n_ktiles,
+        x, q.view(torch.uint8), s, qt_arg, st, amax_arg, part, M, K, n_part, n_ktiles,
         BM=cfg.rows, BK=cfg.width, PART_P2=triton.next_power_of_2(max(n_part, 1)), MODE=_mode(spec),
-        AMAX_GIVEN=given, NATIVE=_native(x), REVERSE=not given, num_warps=cfg.warps,
+        AMAX_GIVEN=given, NATIVE=_native(x), REVERSE=not given, TMA_T=tma, num_warps=cfg.warps,
         **{k: consts[k] for k in _TENSOR_KEYS})
     return q, s, qt, st
 
