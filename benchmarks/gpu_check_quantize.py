@@ -299,10 +299,12 @@ def check_rowcol(small: bool, dev: str) -> list[dict]:
             spec = recipe.spec(role)
             amax = x.float().abs().amax() * 0.75 if label.startswith("fp8 delayed") else None
             a, b = tq.quantize_rowwise_and_columnwise(x, spec, amax)
+            a2, b2 = tq.quantize_rowwise_and_columnwise(x, spec, amax)  # relaunch: eager's direct launcher
             rows.append({
                 "spec": label, "input": xlabel,
                 "rowwise": compare(a, quantize_reference(x, spec, amax=amax), False),
                 "columnwise (x.T)": compare(b, quantize_reference(x.t(), spec, amax=amax), False),
+                "relaunch, both": compare(a2, a, False) if compare(b2, b, False) == "ok" else "columnwise differs",
             })
     return rows
 

@@ -102,25 +102,35 @@ def _scaled_tensor(qdata, scale, gs, zp, recipe: Recipe, role: str, shape: tuple
 
 
 def cast_with_transpose(
-    x: torch.Tensor, recipe: Recipe, role: str, *, amax_history: Optional[torch.Tensor] = None
+    x: torch.Tensor,
+    recipe: Recipe,
+    role: str,
+    *,
+    amax_history: Optional[torch.Tensor] = None,
+    amax: Optional[torch.Tensor] = None,
 ) -> tuple[ScaledTensor, ScaledTensor]:
     """``(cast(x, recipe, role), cast(x.T, recipe, role))`` for a 2-D ``x``:
     the rowwise copy and the columnwise one (blocks along M) that a
     grad-weight GEMM wants. On CUDA one cast pass reads ``x`` for both where
     the recipe's FP8 blocks are tensorwise or (1, B) (Float8CurrentScaling,
     DelayedScaling, Float8BlockScaling's activations, MXFP8BlockScaling);
-    the same bits as two casts everywhere. ``amax_history``: as in
-    :func:`cast` (DelayedScaling)."""
+    the same bits as two casts everywhere. ``amax_history`` / ``amax``: as
+    in :func:`cast` (a tensorwise recipe's amax; one of the two)."""
     _check_recipe(recipe)
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"x: expected a 2-D float tensor, got {getattr(x, 'shape', type(x).__name__)}")
     spec = recipe.spec(role)  # (raises for an unknown role)
     if not rowcol_spec(spec):
         raise ValueError(f"recipe: {recipe.name} blocks {spec.block} are neither tensorwise nor (1, B) FP8 blocks")
-    amax = None
+    tensorwise = all(d == WHOLE for d in spec.block)
+    if amax is not None and (not tensorwise or not isinstance(amax, torch.Tensor) or amax.numel() != 1):
+        raise ValueError(f"amax: expected a one-element tensor for a tensorwise recipe; got "
+                         f"{getattr(amax, 'shape', type(amax).__name__)} for blocks {spec.block}")
     if amax_history is not None:
         if not isinstance(recipe, DelayedScaling):
             raise ValueError(f"amax_history: only DelayedScaling takes one, not {recipe.name}")
+        if amax is not None:
+            raise ValueError("amax: give either amax_history or amax, not both")
         amax = recipe.history_amax(amax_history)
     q, s, qt, st = quantize_rowcol_op(x, spec.to_key(), amax)
     rows = _scaled_tensor(q, s, None, None, recipe, role, tuple(x.shape), x.dtype)
