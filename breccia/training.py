@@ -71,13 +71,10 @@ def _cast_both(t: torch.Tensor, recipe: Recipe, role: str, history: Optional[tor
     backward GEMM wants): one cast pass for tensorwise and (1, B) FP8
     recipes, else two casts."""
     if rowcol_spec(recipe.spec(role)):
-        amax = None
-        if history is None and _tensorwise(recipe, role) and torch.compiler.is_compiling():
-            # the amax as a torch reduction: Inductor fuses it into t's
-            # producer (e.g. the GELU that writes t), where the cast kernel
-            # would read t once more for it
-            amax = t.detach().abs().amax().to(torch.float32)
-        q, qt = cast_with_transpose(t, recipe, role, amax_history=history, amax=amax)
+        # (a tensorwise amax stays inside the op, the kernel's own pass: as a
+        # torch reduction, Inductor recomputed the GELU for it rather than
+        # fusing it into the GELU's kernel; training-h200.md)
+        q, qt = cast_with_transpose(t, recipe, role, amax_history=history)
         return q, qt.t()
     return cast(t, recipe, role, amax_history=history), _cast_columnwise(t, recipe, role)
 

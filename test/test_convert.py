@@ -384,16 +384,14 @@ def test_converted_model_compiles_fullgraph(name, mode):
         if name != "fp8_row":  # (rowwise requantizes the weight along N for grad-input)
             assert "dequantize" not in text
         if name == "fp8_tensor" and mode == "training":
-            # x, W1, h, W2 forward and two dy backward: each cast once into both
-            # layouts, its amax a torch reduction Inductor could fuse (given to the op)
-            calls = re.findall(r"quantize_rowcol\.default\(\w+, '[^']*', \w+\)", text)
-            assert len(calls) == 6, calls
+            # x, W1, h, W2 forward and two dy backward: each cast once into both layouts
+            assert len(re.findall(r"quantize_rowcol\.default\(", text)) == 6
 
 
 @pytest.mark.parametrize("name", ["fp8_tensor", "delayed", "fp8_block"])
 def test_compiled_training_matches_eager(name):
-    """Compiled training (where tensorwise amaxes become torch reductions)
-    computes what eager training does: output and gradients agree to far
+    """Compiled training computes what eager training does: output and
+    gradients agree to far
     better than the FP8 error itself (Inductor's GELU may round a last bit
     differently, moving a few FP8 codes by one)."""
     torch._dynamo.reset()

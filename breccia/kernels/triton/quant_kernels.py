@@ -365,14 +365,13 @@ def quant_rowcol2d_kernel(
     B: tl.constexpr, W: tl.constexpr, MODE: tl.constexpr, E4M3: tl.constexpr,
     FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, TARGET: tl.constexpr,
     EMAX: tl.constexpr, INV_MAX: tl.constexpr, NATIVE: tl.constexpr, ROWS: tl.constexpr = True,
-    TMA_T: tl.constexpr = False,
 ):
     """:func:`quant_rowcol_kernel` on a 2-D (B, W) tile (W a multiple of B):
     simpler layouts for Triton, and the transposed store is one ``tl.trans``.
     ``ROWS=False`` writes the columnwise copy only (the rowwise one comes
     from the block kernel: two lighter passes instead of one heavy one).
-    TMA_T: ``qt_ptr`` is a (K, M) tensor descriptor of (W, B) blocks, as in
-    :func:`cast_tensorwise_rowcol_kernel`."""
+    (A TMA store of the transposed tile, which speeds the tensorwise kernel
+    up, made this one slower on the H200: rowcol-tiles-h200.md.)"""
     pid_r = tl.program_id(0)
     rows = pid_r * B + tl.arange(0, B)
     row_ok = rows < M
@@ -387,11 +386,8 @@ def quant_rowcol2d_kernel(
                         INV_MAX)
     tl.store(st_ptr + cols.to(tl.int64) * n_rb + pid_r, sc, mask=col_ok)
     qc = fp8_bits(_apply(x, tl.broadcast_to(fc[None, :], (B, W)), MODE), E4M3, NATIVE)
-    if TMA_T:
-        qt_ptr.store([tl.program_id(1) * W, pid_r * B], tl.trans(qc))
-    else:
-        tl.store(qt_ptr + cols.to(tl.int64)[:, None] * M + rows[None, :], tl.trans(qc),
-                 mask=col_ok[:, None] & row_ok[None, :])
+    tl.store(qt_ptr + cols.to(tl.int64)[:, None] * M + rows[None, :], tl.trans(qc),
+             mask=col_ok[:, None] & row_ok[None, :])
 
     # a branch, not an early return: Triton compiles the code after a constexpr return too
     if ROWS:

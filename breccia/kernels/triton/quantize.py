@@ -392,13 +392,12 @@ def supports_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tenso
     return amax is None and len(b) == 2 and b[0] == 1 and _pow2(b[1]) and 16 <= b[1] <= 128
 
 
-#: tensorwise rowwise + columnwise cast: (rows, cols) tile, warps (H200,
-#: benchmarks/results/rowcol-tiles-h200.md: the least time over the FFN's shapes)
-TENSOR_ROWCOL = Config(128, 64, 8)
-#: the rowcol kernels store the transposed tile by TMA where the device and strides allow
-ROWCOL_TMA = True
-
-
+#: tensorwise rowwise + columnwise cast: (rows, cols) tile, warps; its
+#: transposed tile stored by TMA where the device and strides allow (H200,
+#: benchmarks/results/rowcol-tiles-h200.md: the least time over the FFN's
+#: shapes, 1.2-1.7x the cast followed by a compiled transpose)
+TENSOR_ROWCOL = Config(128, 32, 4)
+TENSOR_ROWCOL_TMA = True
 #: (1, 128) and narrower (1, B) rowcol casts: implementation (Config.rows, see
 #: _run_rowcol), tile width, warps
 BLOCK_ROWCOL_128 = Config(4, 64, 4)
@@ -408,25 +407,13 @@ BLOCK_ROWCOL = Config(2, 128, 4)
 def _tma_ok(x: torch.Tensor, M: int, rows: int, width: int) -> bool:
     """A TMA store of (width, rows) uint8 blocks into a (K, M) tensor: sm90+,
     rows of 16-byte multiples, block sides of 16 to 256."""
-    if not (ROWCOL_TMA and _native(x) and torch.cuda.get_device_capability(x.device)[0] >= 9):
+    if not (TENSOR_ROWCOL_TMA and _native(x) and torch.cuda.get_device_capability(x.device)[0] >= 9):
         return False
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
     except ImportError:
         return False
     return M % 16 == 0 and 16 <= rows <= 256 and 16 <= width <= 256
-
-
-def _transposed_out(qt: torch.Tensor, tma: bool, rows: int, width: int):
-    """The kernel argument for the (K, M) payload: its uint8 view, or a TMA
-    descriptor of (width, rows) blocks."""
-    qt_arg = qt.view(torch.uint8)
-    if not tma:
-        return qt_arg
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    K, M = qt.shape
-    return TensorDescriptor(qt_arg, shape=[K, M], strides=[M, 1], block_shape=[width, rows])
 
 
 def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor], launch: Launch,
@@ -449,7 +436,11 @@ def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torc
     st = torch.empty((1, 1), dtype=torch.float32, device=dev)
     amax_arg = amax.to(device=dev, dtype=torch.float32).reshape(1) if given else x
     tma = launch is not _wrapped and _tma_ok(x, M, cfg.rows, cfg.width)  # (traced launches: plain pointers)
-    qt_arg = _transposed_out(qt, tma, cfg.rows, cfg.width)
+    qt_arg = qt.view(torch.uint8)
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        qt_arg = TensorDescriptor(qt_arg, shape=[K, M], strides=[M, 1], block_shape=[cfg.width, cfg.rows])
     key = None
     if launch is _fast:
         key = ("tensor_rowcol", spec, M, K, cfg, given, tma, _n_programs(x), AMAX_PASS, x.dtype, _aligned(x),
@@ -498,15 +489,13 @@ def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Option
         q = torch.empty((M, K), dtype=spec.fmt.storage, device=dev)
         s = torch.empty((M, triton.cdiv(K, B)), dtype=sd, device=dev)
     sv = (lambda t: t) if sd == torch.float32 else (lambda t: t.view(torch.uint8))
-    tma = cfg.rows in (2, 4) and launch is not _wrapped and _tma_ok(x, M, B, width)
-    key = ("rowcol", spec, M, K, cfg, tma, x.dtype, _aligned(x), dev.index) if launch is _fast else None
-    args = (x, q.view(torch.uint8), sv(s), _transposed_out(qt, tma, B, width), sv(st), M, K, triton.cdiv(K, B),
-            triton.cdiv(M, B))
+    key = ("rowcol", spec, M, K, cfg, x.dtype, _aligned(x), dev.index) if launch is _fast else None
+    args = (x, q.view(torch.uint8), sv(s), qt.view(torch.uint8), sv(st), M, K, triton.cdiv(K, B), triton.cdiv(M, B))
     grid = (triton.cdiv(M, B), triton.cdiv(K, width))
     consts = _fp8_constants(spec.fmt, spec.margin)
     if cfg.rows in (2, 4):
         launch(quant_rowcol2d_kernel, grid, key)(*args, B=B, W=width, MODE=mode, NATIVE=_native(x),
-                                                 num_warps=cfg.warps, ROWS=cfg.rows == 2, TMA_T=tma, **consts)
+                                                 num_warps=cfg.warps, ROWS=cfg.rows == 2, **consts)
     else:
         launch(quant_rowcol_kernel, grid, key)(*args, B=B, NB=width // B, MODE=mode, NATIVE=_native(x),
                                                num_warps=cfg.warps, **consts)
