@@ -1,6 +1,6 @@
 """Decode-shaped GEMMs: 4-bit weight-only kernels against their peers.
 
-    PYTHONPATH=. python benchmarks/bench_decode.py --out benchmarks/results/decode-h100.md
+    PYTHONPATH=. python benchmarks/bench_decode.py     # writes benchmarks/results/decode-<device>.md
 
 One run, one GPU, the same bf16 activations for every contender:
 
@@ -44,6 +44,7 @@ from triton.testing import do_bench
 import breccia
 from breccia.kernels.triton import w4a16
 from breccia.packing import packed_operands
+from results_path import result_path
 
 MS = [1, 2, 4, 8, 16, 32, 64, 128]
 SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (4096, 4096)]
@@ -246,11 +247,12 @@ def plot(path: str, results: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="benchmarks/results/decode-h100.md")
+    ap.add_argument("--out", default=None, help="results markdown (default: results/decode-<device>.md)")
     ap.add_argument("--no-tune", action="store_true", help="use w4a16.config_for (TUNED table / heuristic)")
     ap.add_argument("--quick", action="store_true", help="M 1 and 16 at every shape, no tuning, no report")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="token counts M, comma-separated")
     args = ap.parse_args()
+    args.out = args.out or result_path("decode")
     MS[:] = [int(v) for v in args.ms.split(",")]
     global COPY_CEILING
     COPY_CEILING = copy_ceiling()

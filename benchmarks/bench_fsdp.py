@@ -30,7 +30,8 @@ except ImportError:  # run from a checkout without installing
     import breccia
 
 from breccia.demo import write_text_atomic
-from training_variants import breccia_variants  # noqa: E402  (benchmarks/ is on sys.path)
+from results_path import result_path  # noqa: E402  (benchmarks/ is on sys.path)
+from training_variants import breccia_variants  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -182,8 +183,7 @@ def main(argv=None):
             )
         text = "\n".join(lines) + "\n"
         print(text)
-        tag = ("h200" if "H200" in dev else "h100" if "H100" in dev else "gpu") if cuda else "cpu"
-        write_text_atomic(os.path.join(HERE, "results", f"fsdp-{tag}x{world}{'-small' if args.small else ''}.md"), text)
+        write_text_atomic(result_path(f"fsdp{'-small' if args.small else ''}").replace(".md", f"x{world}.md"), text)
     dist.destroy_process_group()
 
 

@@ -19,8 +19,8 @@ weight meets a quantized activation), then every row times one product:
 Large shapes (BENCHMARKS.md) are timed eagerly; decode shapes (M = 1, 16,
 128, N = K = 8192) are captured in CUDA graphs and their replays timed.
 ``triton.testing.do_bench``, median. ``--sweep`` times every candidate tile
-config of the two Triton kernels instead. Writes ``gemm-h100.md`` (table),
-``gemm-h100.json`` and ``gemm-h100.png`` under ``--out``.
+config of the two Triton kernels instead. Writes ``gemm-<device>.md`` (table),
+``gemm-<device>.json`` and ``gemm-<device>.png`` under ``--out`` (``results_path``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import breccia
 from breccia.demo import environment_line, write_text_atomic
 from breccia.kernels import cuda_routes, route_for
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from results_path import RESULTS, result_path  # noqa: E402  (benchmarks/ is on sys.path)
 LARGE = [(4096, 4096, 4096), (8192, 8192, 8192), (16384, 4096, 14336), (16384, 14336, 4096)]
 DECODE = [(1, 8192, 8192), (16, 8192, 8192), (128, 8192, 8192)]
 RECIPES = {
@@ -276,7 +276,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=RESULTS, help="folder for gemm-h100.{md,json,png}")
+    parser.add_argument("--out", default=RESULTS, help="folder for gemm-<device>.{md,json,png}")
     parser.add_argument("--sweep", action="store_true", help="time every Triton tile config instead")
     parser.add_argument("--quick", action="store_true", help="one large and one decode shape")
     args = parser.parse_args(argv)
@@ -303,11 +303,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = with_ratios(rows)
     text = markdown(rows, head) + "\n## Triton tuner: every candidate, per shape bucket\n\n" + tuner_report()
     print(text)
-    write_text_atomic(os.path.join(args.out, "gemm-h100.md"), text)
-    with open(os.path.join(args.out, "gemm-h100.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    stem = os.path.join(args.out, os.path.splitext(os.path.basename(result_path("gemm")))[0])
+    write_text_atomic(stem + ".md", text)
+    write_text_atomic(stem + ".json", json.dumps(rows, indent=1))
     try:
-        plot(rows, os.path.join(args.out, "gemm-h100.png"))
+        plot(rows, stem + ".png")
     except Exception as e:  # noqa: BLE001
         print("plot failed:", e)
     return 0

@@ -24,6 +24,7 @@ except ImportError:  # run from a checkout without installing
     import breccia
 
 from breccia.demo import write_text_atomic
+from results_path import result_path  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -88,8 +89,7 @@ def main():
     lines += [f"| {name} | {ms:.3f} | {flops / ms / 1e9:.0f} | {base_ms / ms:.2f}x |" for name, ms in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    tag = "h100" if "H100" in torch.cuda.get_device_name() else "gpu"
-    write_text_atomic(os.environ.get("BENCH_OUT") or os.path.join(HERE, "results", f"linear-dynamic-{tag}.md"), text)
+    write_text_atomic(os.environ.get("BENCH_OUT") or result_path("linear-dynamic"), text)
 
 
 if __name__ == "__main__":

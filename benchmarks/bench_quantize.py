@@ -13,9 +13,9 @@ Input: 8192 x 8192 bf16 (random normal). For each recipe it times
 
 Effective bandwidth counts the input read once plus the payload written once
 (scales are not counted). Times: ``triton.testing.do_bench`` median (L2
-flushed before every run). Writes ``benchmarks/results/quantize-h100.md``
+flushed before every run). Writes ``benchmarks/results/quantize-<device>.md``
 (its own section; ``--check`` also runs ``gpu_check_quantize.py`` first),
-``quantize-h100.png`` and, with ``--json``, every number. ``--cpu`` is a dry
+``quantize-<device>.png`` and, with ``--json``, every number. ``--cpu`` is a dry
 run through Triton's interpreter at a small shape (no timings worth reading).
 """
 
@@ -43,7 +43,8 @@ import triton
 import breccia
 from breccia.demo import environment_line
 from breccia.kernels.triton import quantize as tq
-from gpu_check_quantize import DEFAULT_OUTPUT, md_table, update_section
+from gpu_check_quantize import md_table, update_section
+from results_path import result_path
 
 E4M3 = torch.float8_e4m3fn
 TARGETS = {"tensorwise": 1.6, "rowwise": 2.75, "1x128": 2.75, "mxfp8": 2.75, "nvfp4": 2.4}
@@ -430,7 +431,7 @@ def plot(rows: list[dict], path: str) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", default=None, help="results file (default: results/quantize-<device>.md)")
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--check", action="store_true", help="run gpu_check_quantize.py first")
@@ -438,6 +439,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--plot", default=None, help="PNG path (default: beside --output)")
     parser.add_argument("--cpu", action="store_true", help="dry run (interpreter, small shape)")
     args = parser.parse_args(argv)
+    args.output = args.output or result_path("quantize")
     dev = "cpu" if args.cpu else "cuda"
     size = 256 if args.cpu else args.size
     if args.check:

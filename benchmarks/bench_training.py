@@ -24,7 +24,8 @@ except ImportError:  # run from a checkout without installing
     import breccia
 
 from breccia.demo import write_text_atomic
-from training_variants import breccia_variants  # noqa: E402  (benchmarks/ is on sys.path)
+from results_path import result_path  # noqa: E402  (benchmarks/ is on sys.path)
+from training_variants import breccia_variants  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -142,8 +143,7 @@ def main(argv=None):
         lines.append(f"| {name} | {ms:.3f} | {flops / ms / 1e9:.0f} | {base / ms:.2f}x | {saved:.0f} | {peak:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    tag = ("h200" if "H200" in dev_name else "h100" if "H100" in dev_name else "gpu") if device.type == "cuda" else "cpu"
-    out = args.out or os.path.join(HERE, "results", f"training-{tag}{'-small' if args.small else ''}.md")
+    out = args.out or result_path("training-small" if args.small else "training")
     write_text_atomic(out, text)
     try:
         import matplotlib

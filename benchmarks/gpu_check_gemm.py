@@ -37,7 +37,7 @@ import breccia
 from breccia.demo import environment_line, write_text_atomic
 from breccia.kernels import cuda_routes, route_for
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from results_path import result_path  # noqa: E402  (benchmarks/ is on sys.path)
 BLOCK = breccia.Float8BlockScaling()
 MX = breccia.MXFP8BlockScaling()
 
@@ -239,7 +239,7 @@ def _table(rows: list[dict]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=os.path.join(RESULTS, "gemm-gpu-check-h100.md"))
+    parser.add_argument("--output", default=None, help="default: results/gemm-gpu-check-<device>.md")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
@@ -261,6 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         + "\n"
     )
     print(_table(routes), flush=True)
+    args.output = args.output or result_path("gemm-gpu-check")
     write_text_atomic(args.output, text)
     bad = [r for r in routes if isinstance(r.get("err_fp32"), float) and r["err_fp32"] >= 1e-3]
     print(f"\nwrote {args.output}; {len(bad)} route(s) over 1e-3 in fp32")

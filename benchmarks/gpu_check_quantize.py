@@ -13,7 +13,7 @@ the kernel's payload, scale, global scale and zero point byte for byte with
   kernels replay correctly from a CUDA graph,
 * ``quantize_rowwise_and_columnwise`` matches the reference of ``x`` and ``x.T``.
 
-Prints a table and writes it into ``benchmarks/results/quantize-h100.md``
+Prints a table and writes it into ``benchmarks/results/quantize-<device>.md``
 (its own section; ``bench_quantize.py`` writes the timings beside it).
 ``--cpu`` runs the same on the CPU through Triton's interpreter, at small
 shapes (a dry run of this script).
@@ -43,8 +43,8 @@ from breccia.demo import environment_line, write_text_atomic
 from breccia.kernels.triton import quantize as tq
 from breccia.quantize import block_for, quantize_reference, scale_grid_shape
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DEFAULT_OUTPUT = os.path.join(RESULTS, "quantize-h100.md")
+from results_path import result_path  # noqa: E402  (benchmarks/ is on sys.path)
+
 
 #: (label, recipe, role, extra) -- extra: "amax" (a given amax), "noise"
 #: (stochastic rounding), "block_amax"
@@ -385,7 +385,7 @@ def run(small: bool, dev: str) -> tuple[str, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="results file (a section is replaced)")
+    parser.add_argument("--output", default=None, help="results file, a section replaced (default: results/quantize-<device>.md)")
     parser.add_argument("--cpu", action="store_true", help="dry run on the CPU (Triton interpreter, small shapes)")
     args = parser.parse_args(argv)
     dev = "cpu" if args.cpu else "cuda"
@@ -394,6 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     text, failures = run(args.cpu, dev)
     print(text)
+    args.output = args.output or result_path("quantize")
     update_section(args.output, "gpu-check", text, "breccia quantize kernels")
     print(f"wrote {os.path.relpath(args.output)}")
     return 1 if failures else 0

@@ -1,6 +1,6 @@
 """GPU correctness of the W4A16 kernels (run on a CUDA machine).
 
-    PYTHONPATH=. python benchmarks/gpu_check_w4a16.py --out benchmarks/results/w4a16-check-h100.md
+    PYTHONPATH=. python benchmarks/gpu_check_w4a16.py     # writes benchmarks/results/w4a16-check-<device>.md
 
 For INT4 (symmetric / asymmetric, groups 32, 64, 128) and NVFP4, bf16 and fp16
 activations, ragged and decode shapes, every candidate config:
@@ -34,6 +34,7 @@ from breccia import formats
 from breccia.kernels import route_for
 from breccia.kernels.triton import w4a16
 from breccia.packing import packed_operands
+from results_path import result_path
 
 RECIPES = {
     "int4 sym g32": breccia.INT4Scaling(group_size=32),
@@ -169,7 +170,7 @@ def check_route(lines: list) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="benchmarks/results/w4a16-check-h100.md")
+    ap.add_argument("--out", default=None, help="results markdown (default: results/w4a16-check-<device>.md)")
     ap.add_argument("--device", default="cuda", help="cpu: a dry run under TRITON_INTERPRET=1")
     ap.add_argument("--quick", action="store_true", help="default config only, two shapes, no route check")
     ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated subset of: {', '.join(RECIPES)}")
@@ -217,6 +218,7 @@ def main() -> int:
     lines += ["", f"all passed: {ok}; {time.time() - t0:.0f} s", ""]
     text = "\n".join(lines)
     print(text)
+    args.out = args.out or result_path("w4a16-check")
     with open(args.out, "w") as f:
         f.write(text)
     return 0 if ok else 1
