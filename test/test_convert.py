@@ -223,6 +223,27 @@ def test_cast_with_transpose_rejects_other_recipes():
         breccia.api.cast_with_transpose(randn(8, 32), RECIPES["nvfp4"], "input")
     with pytest.raises(ValueError, match="amax_history"):
         breccia.api.cast_with_transpose(randn(8, 32), RECIPES["fp8_tensor"], "input", amax_history=torch.ones(4))
+    with pytest.raises(ValueError, match="amax: expected a one-element tensor"):
+        breccia.api.cast_with_transpose(randn(8, 32), RECIPES["fp8_block"], "input", amax=torch.tensor(1.0))
+    with pytest.raises(ValueError, match="amax: expected a one-element tensor"):
+        breccia.api.cast_with_transpose(randn(8, 32), RECIPES["fp8_tensor"], "input", amax=torch.ones(2))
+    with pytest.raises(ValueError, match="either amax_history or amax"):
+        breccia.api.cast_with_transpose(randn(8, 32), RECIPES["delayed"], "input", amax_history=torch.ones(4),
+                                        amax=torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("name", ["fp8_tensor", "delayed"])
+def test_cast_with_transpose_tensorwise_given_amax(name):
+    """A tensorwise pair from a given amax (or a DelayedScaling history): the
+    bits of two casts with that amax; the columnwise copy is contiguous."""
+    recipe = RECIPES[name]
+    x = randn(24, 40) * 3
+    for kw in ({"amax": torch.tensor(2.5)}, {"amax_history": torch.tensor([1.0, 4.0])} if name == "delayed" else {}):
+        rows, cols = breccia.api.cast_with_transpose(x, recipe, "input", **kw)
+        ref_rows, ref_cols = breccia.cast(x, recipe, "input", **kw), breccia.cast(x.t(), recipe, "input", **kw)
+        assert torch.equal(rows.qdata.view(torch.uint8), ref_rows.qdata.view(torch.uint8))
+        assert torch.equal(cols.qdata.view(torch.uint8), ref_cols.qdata.view(torch.uint8))
+        assert torch.equal(cols.scale, ref_cols.scale) and cols.qdata.is_contiguous()
     with pytest.raises(ValueError, match="x: expected a 2-D"):
         breccia.api.cast_with_transpose(randn(2, 8, 32), RECIPES["fp8_block"], "input")
     with pytest.raises(ValueError, match="role"):
