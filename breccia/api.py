@@ -122,8 +122,7 @@ def cast_with_transpose(
     spec = recipe.spec(role)  # (raises for an unknown role)
     if not rowcol_spec(spec):
         raise ValueError(f"recipe: {recipe.name} blocks {spec.block} are neither tensorwise nor (1, B) FP8 blocks")
-    tensorwise = all(d == WHOLE for d in spec.block)
-    if amax is not None and (not tensorwise or not isinstance(amax, torch.Tensor) or amax.numel() != 1):
+    if amax is not None and (not spec.tensorwise or not isinstance(amax, torch.Tensor) or amax.numel() != 1):
         raise ValueError(f"amax: expected a one-element tensor for a tensorwise recipe; got "
                          f"{getattr(amax, 'shape', type(amax).__name__)} for blocks {spec.block}")
     if amax_history is not None:
@@ -143,7 +142,7 @@ def rowcol_spec(spec) -> bool:
     b = tuple(spec.block)
     if spec.fmt.bits != 8 or spec.stochastic:
         return False
-    return all(d == WHOLE for d in b) or (len(b) == 2 and b[0] == 1 and b[1] >= 1)
+    return spec.tensorwise or (len(b) == 2 and b[0] == 1 and b[1] >= 1)
 
 
 def dequantize(st: ScaledTensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from .quantize import block_for, dequantize_reference, payload_shape, quantize_reference, scale_grid_shape
-from .recipes import WHOLE, QuantSpec
+from .recipes import QuantSpec
 
 __all__ = ["quantize_op", "quantize_rowcol_op", "dequantize_op"]
 
@@ -77,7 +77,7 @@ def quantize_rowcol_op(
         if out is not None:
             return out
     rows = quantize_reference(x, s, amax=amax)
-    if all(b == WHOLE for b in s.block):  # one scale: the transposed payload is the same codes
+    if s.tensorwise:  # one scale: the transposed payload is the same codes
         return rows.qdata, rows.scale, rows.qdata.t().contiguous(), rows.scale.clone()
     cols = quantize_reference(x.t(), s, amax=amax)
     return rows.qdata, rows.scale, cols.qdata.contiguous(), cols.scale.contiguous()

@@ -94,6 +94,11 @@ class QuantSpec:
     def has_zero_point(self) -> bool:
         return self.scale_rule == "asymmetric"
 
+    @property
+    def tensorwise(self) -> bool:
+        """One scale for the whole tensor (every block dim ``WHOLE``)."""
+        return all(b == WHOLE for b in self.block)
+
     def to_key(self) -> str:
         """A compact string naming this spec (what custom ops take: plain
         string formatting, so torch.compile folds it to a constant)."""

@@ -48,7 +48,7 @@ def _push_amax(history: torch.Tensor, t: torch.Tensor) -> None:
 
 
 def _tensorwise(recipe: Recipe, role: str) -> bool:
-    return all(b == WHOLE for b in recipe.spec(role).block)
+    return recipe.spec(role).tensorwise
 
 
 def _square_block(recipe: Recipe, role: str) -> bool:

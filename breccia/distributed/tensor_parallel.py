@@ -58,7 +58,7 @@ class _AllGatherQuantized(torch.autograd.Function):
         ctx.dim, ctx.group = dim, group
         spec = recipe.spec("input")
         amax = None
-        if all(b == WHOLE for b in spec.block) or spec.has_global_scale:
+        if spec.tensorwise or spec.has_global_scale:
             amax = x.detach().abs().amax().float()  # every rank casts with the same tensor scale
             dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
         xq = cast(x, recipe, "input", amax=amax)

@@ -372,10 +372,6 @@ def quantize_tuple(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor
 # --------------------------------------------------------------------------- fused transpose
 
 
-def _tensorwise_spec(spec: QuantSpec) -> bool:
-    return all(b == WHOLE for b in spec.block)
-
-
 def supports_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor] = None) -> bool:
     """FP8 of a 2-D tensor, deterministic rounding: tensorwise (``amax``, if
     given, of one element), or (1, B) blocks (fp32 or e8m0 scales, B a power
@@ -387,7 +383,7 @@ def supports_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tenso
         and spec.fmt.bits == 8 and not spec.stochastic
     ):
         return False
-    if _tensorwise_spec(spec):
+    if spec.tensorwise:
         return amax is None or amax.numel() == 1
     return amax is None and len(b) == 2 and b[0] == 1 and _pow2(b[1]) and 16 <= b[1] <= 128
 
@@ -463,7 +459,7 @@ def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torc
 def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Optional[Config] = None,
                 amax: Optional[torch.Tensor] = None) -> tuple:
     x = x.contiguous()
-    if _tensorwise_spec(spec):
+    if spec.tensorwise:
         return _run_tensorwise_rowcol(x, spec, amax, launch, config)
     M, K = x.shape
     B = spec.block[1]
