@@ -60,7 +60,6 @@ def main(argv=None) -> None:
         for name in args.specs:
             spec, tiles = SPECS[name]
             two = bench(lambda: transpose(tq.quantize(x, spec).qdata))
-            best = None
             # tensorwise: the transposed tile stored by TMA, and by plain stores
             for tma in ((True, False) if name == "fp8 tensorwise" else (False,)):
                 tq.TENSOR_ROWCOL_TMA = tma
@@ -73,7 +72,6 @@ def main(argv=None) -> None:
                     rows.append({"shape": f"{shape[0]}x{shape[1]}", "spec": name, "tile": label,
                                  "ms": ms, "TB/s": nbytes / ms / 1e9, "vs two steps": two / ms})
                     print(rows[-1], flush=True)
-                    best = ms if best is None else min(best, ms)
             tq.TENSOR_ROWCOL_TMA = True
             # (for block specs a bytes reference only: the transposed payload keeps the rows' scales)
             rows.append({"shape": f"{shape[0]}x{shape[1]}", "spec": name, "tile": "two steps: cast, compiled transpose",
