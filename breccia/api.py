@@ -73,15 +73,22 @@ def cast(
     if x.dim() == 0:
         raise ValueError("x: expected at least one dimension, got a 0-d tensor")
     spec = recipe.spec(role)
-    if amax_history is not None:
-        if not isinstance(recipe, DelayedScaling):
-            raise ValueError(f"amax_history: only DelayedScaling takes one, not {recipe.name}")
-        if amax is not None:
-            raise ValueError("amax: give either amax_history or amax, not both")
-        amax = recipe.history_amax(amax_history)
+    amax = _given_amax(recipe, amax_history, amax)
     noise = rounding_noise(x.shape, x.device, generator) if spec.stochastic else None
     qdata, scale, gs, zp = quantize_op(x, spec.to_key(), amax, noise, block_amax)
     return _scaled_tensor(qdata, scale, gs, zp, recipe, role, tuple(x.shape), x.dtype)
+
+
+def _given_amax(recipe: Recipe, amax_history: Optional[torch.Tensor], amax: Optional[torch.Tensor]):
+    """The amax a cast is given: ``amax``, or DelayedScaling's from its history
+    (one of the two), or ``None`` (the cast reduces its own)."""
+    if amax_history is None:
+        return amax
+    if not isinstance(recipe, DelayedScaling):
+        raise ValueError(f"amax_history: only DelayedScaling takes one, not {recipe.name}")
+    if amax is not None:
+        raise ValueError("amax: give either amax_history or amax, not both")
+    return recipe.history_amax(amax_history)
 
 
 def _scaled_tensor(qdata, scale, gs, zp, recipe: Recipe, role: str, shape: tuple, in_dtype) -> ScaledTensor:
@@ -125,12 +132,7 @@ def cast_with_transpose(
     if amax is not None and (not spec.tensorwise or not isinstance(amax, torch.Tensor) or amax.numel() != 1):
         raise ValueError(f"amax: expected a one-element tensor for a tensorwise recipe; got "
                          f"{getattr(amax, 'shape', type(amax).__name__)} for blocks {spec.block}")
-    if amax_history is not None:
-        if not isinstance(recipe, DelayedScaling):
-            raise ValueError(f"amax_history: only DelayedScaling takes one, not {recipe.name}")
-        if amax is not None:
-            raise ValueError("amax: give either amax_history or amax, not both")
-        amax = recipe.history_amax(amax_history)
+    amax = _given_amax(recipe, amax_history, amax)
     q, s, qt, st = quantize_rowcol_op(x, spec.to_key(), amax)
     rows = _scaled_tensor(q, s, None, None, recipe, role, tuple(x.shape), x.dtype)
     return rows, _scaled_tensor(qt, st, None, None, recipe, role, tuple(x.shape[::-1]), x.dtype)

@@ -235,6 +235,22 @@ def _block_config(g: _Geometry, mode: int) -> Config:
     return Config(max(1, min(64, 8192 // width)), width, 8)
 
 
+def _amax_pass_size(n: int, n_programs: int, amax_pass: Config) -> tuple[int, int]:
+    """(programs, iterations each) of the amax pass over ``n`` elements."""
+    n_blk = triton.cdiv(n, amax_pass.width)
+    n_part = max(1, min(n_blk, n_programs))
+    return n_part, triton.cdiv(n_blk, n_part)
+
+
+def _amax_partials(x: torch.Tensor, n_part: int, part_iters: int, launch: Launch, key) -> torch.Tensor:
+    """Pass 1 of a tensorwise / NVFP4 cast: ``n_part`` partial amaxes (int32
+    bits), folded again by every program of pass 2."""
+    part = torch.empty(n_part, dtype=torch.int32, device=x.device)
+    launch(partial_amax_kernel, (n_part,), key and ("amax",) + key)(
+        x, part, x.numel(), part_iters, BLOCK=AMAX_PASS.width, num_warps=AMAX_PASS.warps)
+    return part
+
+
 class _Plan(NamedTuple):
     """Everything host-side about one launch that depends only on shapes and
     flags (cached per call signature in eager mode)."""
@@ -258,9 +274,7 @@ def _plan(spec: QuantSpec, shape: tuple, given: bool, has_bamax: bool, has_noise
     shapes = (scale_grid_shape(shape, block_for(spec.block, len(shape))), payload_shape(shape, fmt))
     n_part = part_iters = 0
     if (g.kind == "tensor" or mode == NVFP4) and not given:
-        blk = amax_pass.width
-        n_part = max(1, min(triton.cdiv(N, blk), n_programs))
-        part_iters = triton.cdiv(triton.cdiv(N, blk), n_part)
+        n_part, part_iters = _amax_pass_size(N, n_programs, amax_pass)
     p2 = triton.next_power_of_2(max(n_part, 1))
     consts = _fp8_constants(fmt if fmt.bits == 8 else _E4M3, spec.margin if fmt.bits == 8 else 0)
     if g.kind == "tensor":
@@ -336,10 +350,8 @@ def _run(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor], noise: 
     if launch is _fast:  # what Triton specializes on, beyond the plan
         key = (pkey, x.dtype, _aligned(x), _aligned(amax_arg), _aligned(noise_arg), _aligned(bamax_arg), dev.index)
     part = x
-    if plan.n_part:  # pass 1: partial amaxes, folded again by every program of pass 2
-        part = torch.empty(plan.n_part, dtype=torch.int32, device=dev)
-        launch(partial_amax_kernel, (plan.n_part,), key and ("amax",) + key)(
-            x, part, x.numel(), plan.part_iters, BLOCK=AMAX_PASS.width, num_warps=AMAX_PASS.warps)
+    if plan.n_part:
+        part = _amax_partials(x, plan.n_part, plan.part_iters, launch, key)
     if plan.kernel == "tensor":
         launch(cast_tensorwise_kernel, plan.grid, key)(x, q_arg, s_arg, amax_arg, part, *plan.ints, **plan.meta)
     elif plan.kernel == "rowloop":
@@ -400,14 +412,17 @@ BLOCK_ROWCOL_128 = Config(4, 64, 4)
 BLOCK_ROWCOL = Config(2, 128, 4)
 
 
+try:  # host-side TMA descriptors (Triton 3.4+)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: plain stores
+    TensorDescriptor = None
+
+
 def _tma_ok(x: torch.Tensor, M: int, rows: int, width: int) -> bool:
     """A TMA store of (width, rows) uint8 blocks into a (K, M) tensor: sm90+,
     rows of 16-byte multiples, block sides of 16 to 256."""
-    if not (TENSOR_ROWCOL_TMA and _native(x) and torch.cuda.get_device_capability(x.device)[0] >= 9):
-        return False
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
-    except ImportError:
+    if not (TENSOR_ROWCOL_TMA and TensorDescriptor is not None and _native(x)
+            and torch.cuda.get_device_capability(x.device)[0] >= 9):
         return False
     return M % 16 == 0 and 16 <= rows <= 256 and 16 <= width <= 256
 
@@ -421,11 +436,7 @@ def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torc
     dev = x.device
     cfg = config or TENSOR_ROWCOL
     given = amax is not None
-    n_part = part_iters = 0
-    if not given:
-        n_blk = triton.cdiv(M * K, AMAX_PASS.width)
-        n_part = max(1, min(n_blk, _n_programs(x)))
-        part_iters = triton.cdiv(n_blk, n_part)
+    n_part, part_iters = (0, 0) if given else _amax_pass_size(M * K, _n_programs(x), AMAX_PASS)
     q = torch.empty((M, K), dtype=spec.fmt.storage, device=dev)
     qt = torch.empty((K, M), dtype=spec.fmt.storage, device=dev)
     s = torch.empty((1, 1), dtype=torch.float32, device=dev)
@@ -434,18 +445,12 @@ def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torc
     tma = launch is not _wrapped and _tma_ok(x, M, cfg.rows, cfg.width)  # (traced launches: plain pointers)
     qt_arg = qt.view(torch.uint8)
     if tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
         qt_arg = TensorDescriptor(qt_arg, shape=[K, M], strides=[M, 1], block_shape=[cfg.width, cfg.rows])
     key = None
     if launch is _fast:
         key = ("tensor_rowcol", spec, M, K, cfg, given, tma, _n_programs(x), AMAX_PASS, x.dtype, _aligned(x),
                _aligned(amax_arg), dev.index)
-    part = x
-    if n_part:
-        part = torch.empty(n_part, dtype=torch.int32, device=dev)
-        launch(partial_amax_kernel, (n_part,), key and ("amax",) + key)(
-            x, part, x.numel(), part_iters, BLOCK=AMAX_PASS.width, num_warps=AMAX_PASS.warps)
+    part = _amax_partials(x, n_part, part_iters, launch, key) if n_part else x
     n_ktiles = triton.cdiv(K, cfg.width)
     consts = _fp8_constants(spec.fmt, spec.margin)
     launch(cast_tensorwise_rowcol_kernel, (triton.cdiv(M, cfg.rows) * n_ktiles,), key)(
