@@ -94,6 +94,28 @@ def _edge(m: int, k: int, dev: str, seed: int) -> torch.Tensor:
     return x
 
 
+def _near_midpoints(m: int, k: int, dev: str, seed: int) -> torch.Tensor:
+    """Every 128-row and 128-column block holds the amax 3.3; the rest lie
+    within 3 fp32 ulps of ``mid * s``, ``mid`` an e4m3 rounding midpoint and
+    ``s`` the e4m3 amax scale: where a quotient one ulp off rounds the other
+    way (the kernels divide through a reciprocal and an fma correction)."""
+    g = torch.Generator(device=dev).manual_seed(seed)
+    amax = 3.3
+    s = quantize_reference(torch.tensor([[amax]]), breccia.Float8CurrentScaling().spec("input")).scale.item()
+    vals = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double()
+    vals = vals[torch.isfinite(vals) & (vals >= 0)].unique().to(dev)
+    mids = (vals[1:] + vals[:-1]) / 2
+    near = (mids[torch.randint(0, mids.numel(), (m, k), device=dev, generator=g)] * s).float()
+    ulps = torch.randint(-3, 4, (m, k), device=dev, generator=g, dtype=torch.int32)
+    near = (near.view(torch.int32) + ulps).view(torch.float32)
+    near = torch.where(torch.rand(m, k, device=dev, generator=g) < 0.5, -near, near)
+    near = torch.where(near.abs() < amax, near, 0.0)
+    near[::97, 1::3] = -0.0
+    near[:, ::128] = amax
+    near[::128, :] = amax
+    return near
+
+
 def _inputs(small: bool, dev: str) -> list[tuple[str, torch.Tensor, bool]]:
     """(label, x, nan_aware)."""
     g = torch.Generator(device=dev).manual_seed(0)
@@ -107,6 +129,7 @@ def _inputs(small: bool, dev: str) -> list[tuple[str, torch.Tensor, bool]]:
     chi = (torch.randn(3, *rag, device=dev, generator=g) ** 2).sum(0)
     out.append((f"student-t {rag[0]}x{rag[1]} fp32", z / torch.sqrt(chi / 3), False))
     out.append((f"edge values {rag[0]}x{rag[1]} fp32", _edge(*rag, dev, 1), False))
+    out.append((f"near e4m3 midpoints {rag[0]}x{rag[1]} fp32", _near_midpoints(*rag, dev, 2), False))
     out.append((f"tiny tensor (1e-39) {rag[0]}x{rag[1]} fp32", torch.randn(*rag, device=dev, generator=g) * 1e-39, False))
     nan = torch.randn(*rag, device=dev, generator=g)
     nan[3, 5] = float("nan")
@@ -284,7 +307,8 @@ def check_sync_and_graphs(dev: str) -> list[dict]:
 
 def check_rowcol(small: bool, dev: str) -> list[dict]:
     rows = []
-    for xlabel, x, _ in _inputs(small, dev)[:2]:
+    inputs = _inputs(small, dev)
+    for xlabel, x, _ in inputs[:2] + [i for i in inputs if i[0].startswith("near")]:
         for label, recipe, role in [
             ("fp8 1x128 + columnwise", breccia.Float8BlockScaling(), "input"),
             ("fp8 1x128 pow2 e5m2 + columnwise", breccia.Float8BlockScaling(power_of_2_scale=True, fp8_format="hybrid"),
@@ -298,14 +322,19 @@ def check_rowcol(small: bool, dev: str) -> list[dict]:
         ]:
             spec = recipe.spec(role)
             amax = x.float().abs().amax() * 0.75 if label.startswith("fp8 delayed") else None
-            a, b = tq.quantize_rowwise_and_columnwise(x, spec, amax)
-            a2, b2 = tq.quantize_rowwise_and_columnwise(x, spec, amax)  # relaunch: eager's direct launcher
-            rows.append({
-                "spec": label, "input": xlabel,
-                "rowwise": compare(a, quantize_reference(x, spec, amax=amax), False),
-                "columnwise (x.T)": compare(b, quantize_reference(x.t(), spec, amax=amax), False),
-                "relaunch, both": compare(a2, a, False) if compare(b2, b, False) == "ok" else "columnwise differs",
-            })
+            # block specs: every implementation (see quantize._run_rowcol), the default first
+            impls = [None] if spec.tensorwise else [None, tq.Config(2, 128, 4), tq.Config(4, 64, 4)]
+            ref_a = quantize_reference(x, spec, amax=amax)
+            ref_b = quantize_reference(x.t(), spec, amax=amax)
+            for cfg in impls:
+                a, b = tq.quantize_rowwise_and_columnwise(x, spec, amax, config=cfg)
+                a2, b2 = tq.quantize_rowwise_and_columnwise(x, spec, amax, config=cfg)  # relaunch: eager's direct launcher
+                rows.append({
+                    "spec": label + ("" if cfg is None else f" {tuple(cfg)}"), "input": xlabel,
+                    "rowwise": compare(a, ref_a, False),
+                    "columnwise (x.T)": compare(b, ref_b, False),
+                    "relaunch, both": compare(a2, a, False) if compare(b2, b, False) == "ok" else "columnwise differs",
+                })
     return rows
 
 

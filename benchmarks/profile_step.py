@@ -20,7 +20,7 @@ import bench_linear_dynamic  # noqa: E402
 import bench_training  # noqa: E402
 
 
-def top_kernels(fn, steps: int, rows: int) -> str:
+def top_kernels(fn, steps: int, rows: int, gaps: int = 0) -> str:
     """The ``rows`` CUDA kernels with the most total time over ``steps`` calls
     of ``fn`` (after a warm-up), per step."""
     import time
@@ -47,6 +47,33 @@ def top_kernels(fn, steps: int, rows: int) -> str:
     lines = [f"  GPU time per step {total:.3f} ms (kernels summed), wall {wall:.3f} ms; per step: {runtime}"]
     for e in events[:rows]:
         lines.append(f"  {e.device_time_total / steps / 1e3:8.3f} ms  x{e.count // steps:<3d} {e.key[:110]}")
+    if gaps:
+        lines.append(idle_gaps(prof, steps, gaps))
+    return "\n".join(lines)
+
+
+def idle_gaps(prof, steps: int, n: int) -> str:
+    """Where the GPU waits between kernels: the idle time per step, and the
+    ``n`` longest idle stretches with the kernels on either side (from the
+    profiler's trace; a long one after a kernel means the host was late)."""
+    import json
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        trace = json.load(open(f.name))
+    gpu = sorted((e for e in trace.get("traceEvents", []) if e.get("ph") == "X"
+                  and e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")), key=lambda e: e["ts"])
+    stretches = []
+    end = None
+    for prev, e in zip([None] + gpu[:-1], gpu):
+        if end is not None and e["ts"] > end:
+            stretches.append((e["ts"] - end, prev["name"], e["name"]))
+        end = max(end or 0.0, e["ts"] + e.get("dur", 0.0))
+    idle = sum(s[0] for s in stretches) / steps / 1e3
+    lines = [f"  GPU idle between kernels: {idle:.3f} ms per step, {len(stretches) // steps} stretches per step"]
+    for us, before, after in sorted(stretches, reverse=True)[:n]:
+        lines.append(f"    {us:8.1f} us  after {before[:60]}  before {after[:60]}")
     return "\n".join(lines)
 
 
@@ -64,6 +91,7 @@ def main(argv=None) -> None:
     p.add_argument("--linear", nargs="*", default=None, help="linear variants (default all; 'none')")
     p.add_argument("--rows", type=int, default=18)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--gaps", type=int, default=0, help="also list the longest GPU idle stretches")
     args = p.parse_args(argv)
     device = torch.device("cuda")
 
@@ -74,7 +102,7 @@ def main(argv=None) -> None:
         x = torch.randn(tokens, d, device=device, dtype=torch.bfloat16, requires_grad=True)
         g = torch.randn(tokens, d, device=device, dtype=torch.bfloat16)
         print(f"training: {name}", flush=True)
-        print(top_kernels(lambda: model(x).backward(g), args.steps, args.rows), flush=True)
+        print(top_kernels(lambda: model(x).backward(g), args.steps, args.rows, args.gaps), flush=True)
 
     m, k, n = 16384, 4096, 14336
     torch.manual_seed(0)
@@ -85,7 +113,7 @@ def main(argv=None) -> None:
         model = torch.compile(make(copy.deepcopy(base)))
         print(f"linear: {name}", flush=True)
         with torch.no_grad():
-            print(top_kernels(lambda: model(x), args.steps, args.rows), flush=True)
+            print(top_kernels(lambda: model(x), args.steps, args.rows, args.gaps), flush=True)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ SPECS = {
         (32, 128, 4), (64, 64, 4), (64, 128, 4), (64, 128, 8), (128, 64, 4), (128, 64, 8),
         (128, 128, 8), (256, 64, 8), (32, 64, 2), (64, 64, 2), (128, 32, 4),
     ]),
-    "fp8 1x128": (breccia.Float8BlockScaling().spec("input"), [(4, 64, 4), (4, 64, 8), (4, 128, 4), (4, 32, 4)]),
-    "mxfp8": (breccia.MXFP8BlockScaling().spec("input"), [(2, 128, 4), (2, 64, 4), (4, 64, 4), (4, 128, 4)]),
+    # block specs: rows picks the implementation (quantize._run_rowcol): 2 one-pass tile, 4 two passes
+    "fp8 1x128": (breccia.Float8BlockScaling().spec("input"), [(4, 64, 4), (4, 32, 4), (2, 128, 4), (2, 128, 8)]),
+    "mxfp8": (breccia.MXFP8BlockScaling().spec("input"), [(2, 128, 4), (2, 64, 4), (4, 64, 4)]),
 }
 
 

@@ -201,6 +201,49 @@ def _edge(m, k):
     return x
 
 
+def _near_midpoints(spec, amax, m=130, k=200):
+    """``x`` whose every block (rowwise and columnwise) holds ``amax``, the
+    rest fp32 values within 3 ulps of ``mid * s`` for the FP8 midpoints
+    ``mid`` (where an inexact quotient would round the other way), the
+    scale ``s`` being the reference's; signed zeros and subnormals among them."""
+    x = torch.zeros(m, k)
+    x[::128, :] = amax
+    x[:, ::128] = amax
+    s = quantize_reference(x, spec).scale.reshape(-1)[0].double()
+    vals = torch.arange(256, dtype=torch.uint8).view(spec.fmt.storage).double()
+    vals = vals[torch.isfinite(vals) & (vals >= 0)].unique()
+    mids = (vals[1:] + vals[:-1]) / 2
+    pick = mids[torch.randint(0, mids.numel(), (m, k), generator=gen(30))]
+    near = (pick * s).float()
+    near = (near.view(torch.int32) + torch.randint(-3, 4, (m, k), generator=gen(31), dtype=torch.int32)).view(
+        torch.float32)
+    near = torch.where(torch.rand(m, k, generator=gen(32)) < 0.5, -near, near)
+    near = torch.where(near.abs() < amax, near, 0.0)
+    r = torch.rand(m, k, generator=gen(33))
+    near[r < 0.02] = -0.0
+    near[(r >= 0.02) & (r < 0.03)] = -1.401298464324817e-45
+    near[(r >= 0.03) & (r < 0.04)] = 1e-39
+    keep = x != 0
+    return torch.where(keep, x, near)
+
+
+@pytest.mark.parametrize("amax", [1.0, 3.7e-20, 5e30, 1e-25], ids=["one", "small", "huge", "tiny_scale"])
+@pytest.mark.parametrize("label", ["tensor_e4m3", "tensor_e5m2", "delayed_margin", "row", "1x128", "1x128_e5m2",
+                                   "128x128"])
+def test_division_near_fp8_midpoints(label, amax):
+    """fp32 amax scales divide through one reciprocal per block and an fma
+    correction (``div_by_scale``): bit-exact against torch's division where
+    the quotient sits next to an FP8 rounding midpoint, for -0.0 and
+    subnormal inputs, and through the ``div_rn`` fallback of a tiny scale."""
+    spec = spec_of(label)
+    x = _near_midpoints(spec, amax)
+    check(x, label)
+    if tq.supports_rowcol(x, spec):
+        rows, cols = tq.quantize_rowwise_and_columnwise(x, spec)
+        assert_bit_exact(rows, quantize_reference(x, spec))
+        assert_bit_exact(cols, quantize_reference(x.t(), spec))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("label", sorted(SPECS), ids=sorted(SPECS))
 def test_edge_values(label, dtype):
@@ -240,6 +283,24 @@ def test_nan_and_inf(label):
 @pytest.mark.parametrize("amax", [0.0, 0.37, 1e30], ids=["zero", "small", "huge"])
 def test_given_amax(label, amax):
     check(torch.randn(33, 200, generator=gen(9)), label, amax=torch.tensor(amax))
+
+
+@pytest.mark.parametrize("label", ["tensor_e4m3", "tensor_e5m2", "delayed_margin", "row", "1x128", "128x128"])
+def test_given_amax_far_below_the_data(label):
+    """A stale amax (DelayedScaling's history, or block amaxes from
+    elsewhere) under the data: quotients past fp32's range saturate to the
+    FP8 max, as the reference's do (``x * (1 / s)`` overflows to inf there)."""
+    x = torch.randn(33, 200, generator=gen(34)) * 1e37
+    x[::3, ::7] = 3e38
+    x[1::3, ::5] = -3e38
+    check(x, label, amax=torch.tensor(1.0))
+    spec = spec_of(label)
+    if not spec.tensorwise:
+        check(x, label, block_amax=torch.full(scale_grid_shape(x.shape, block_for(spec.block, 2)), 0.5))
+    else:
+        rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, torch.tensor(1.0))
+        assert_bit_exact(rows, quantize_reference(x, spec, amax=torch.tensor(1.0)))
+        assert_bit_exact(cols, quantize_reference(x.t(), spec, amax=torch.tensor(1.0)))
 
 
 @pytest.mark.parametrize("label", ["tensor_e4m3", "row", "1x128", "128x128", "mx_floor", "mx_rceil", "nvfp4",

@@ -12,6 +12,10 @@ says which, and why the arithmetic is exact. Conventions:
   approximate); where it divides by a power of two we multiply by the exact
   reciprocal (same real quotient, hence the same rounding, and it sidesteps
   the subnormal divisor ``2**-127`` of an e8m0 byte 0).
+* an FP8 cast divides by a per-block fp32 scale with one reciprocal per
+  block and two fmas per element (:func:`div_by_scale`), which gives the
+  FP8 result of the correctly rounded quotient; blocks whose scale is tiny
+  or not finite fall back to ``div_rn`` (:func:`reciprocal_ok`).
 * ``NATIVE`` selects the hardware fp8 conversion (``cvt.rn.satfinite``); the
   interpreter's fp8/bf16 conversions truncate, so on the CPU the same rounding
   is done in integer arithmetic (proven equal on the GPU by
@@ -58,6 +62,47 @@ def next_up(s):
 
 
 # --------------------------------------------------------------------------- FP8 payload
+
+
+#: int32 bits of 2**-80 and 2**120: the scales :func:`div_by_scale` divides
+#: by exactly lie between (its reciprocal is then a normal float)
+RCP_MIN_BITS = tl.constexpr((127 - 80) << 23)
+RCP_MAX_BITS = tl.constexpr((127 + 120) << 23)
+#: bound on the first quotient of :func:`div_by_scale` when ``|x|`` may exceed the amax
+QUOTIENT_BOUND = tl.constexpr(2.0**64)
+
+
+@triton.jit
+def reciprocal_ok(s):
+    """Elementwise: ``s`` is a scale :func:`div_by_scale` divides by exactly
+    (``2**-80 <= s < 2**120``; scales are positive or NaN)."""
+    b = s.to(tl.int32, bitcast=True)
+    return (b >= RCP_MIN_BITS) & (b < RCP_MAX_BITS)
+
+
+@triton.jit
+def div_by_scale(x, s, r, BOUNDED: tl.constexpr):
+    """``x / s`` for ``r = div_rn(1, s)``, as the FP8 cast needs it: one
+    Newton correction of ``x * r`` with the exact fma remainder (Markstein),
+    three flops against ``div_rn``'s reciprocal, four fmas and a range check.
+
+    The quotient is the correctly rounded one whenever the remainder
+    ``x - q0 * s`` does not underflow, i.e. ``|x| >= 2**-100`` or so; below
+    that ``|x / s| < 2**-20`` for ``s >= 2**-80`` (:func:`reciprocal_ok`),
+    which every FP8 format rounds to a zero of the sign of ``x``, as this
+    does. The remainder is taken as ``q0 * s - x`` and multiplied by ``-r``
+    so that a ``-0.0`` input keeps its sign (``x - q0 * s`` would give
+    ``+0``, and so may negating an fma's result: compilers rewrite that as
+    an fma of negated inputs, which differs on exact zeros).
+    ``BOUNDED``: ``|x| <= amax`` of the scale, so ``x * r`` cannot overflow;
+    otherwise (a given amax) ``x * r`` is clamped first, which keeps a
+    quotient past the bound past it (then the FP8 clamp saturates it)
+    where ``inf - inf`` would give NaN.
+    test/test_triton_quantize.py checks it against torch's division."""
+    q0 = x * r
+    if not BOUNDED:
+        q0 = nan_clamp(q0, -QUOTIENT_BOUND, QUOTIENT_BOUND)
+    return tl.fma(tl.fma(q0, s, -x), -r, q0)
 
 
 @triton.jit
