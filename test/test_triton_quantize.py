@@ -232,9 +232,10 @@ def _near_midpoints(spec, amax, m=130, k=200):
                                    "128x128"])
 def test_division_near_fp8_midpoints(label, amax):
     """fp32 amax scales divide through one reciprocal per block and an fma
-    correction (``div_by_scale``): bit-exact against torch's division where
-    the quotient sits next to an FP8 rounding midpoint, for -0.0 and
-    subnormal inputs, and through the ``div_rn`` fallback of a tiny scale."""
+    correction (``div_by_scale``; 128x128 blocks and the tensorwise rowcol
+    cast keep ``div_rn``): bit-exact against torch's division where the
+    quotient sits next to an FP8 rounding midpoint, for -0.0 and subnormal
+    inputs, and through the ``div_rn`` fallback of a tiny scale."""
     spec = spec_of(label)
     x = _near_midpoints(spec, amax)
     check(x, label)
