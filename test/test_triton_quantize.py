@@ -304,6 +304,27 @@ def test_given_amax_far_below_the_data(label):
         assert_bit_exact(cols, quantize_reference(x.t(), spec, amax=torch.tensor(1.0)))
 
 
+@pytest.mark.parametrize("margin", [0, 3], ids=["largest", "inf"])
+def test_division_by_largest_and_infinite_scales(margin):
+    """An amax at fp32's max: the largest finite scale (about 2**119, its
+    reciprocal still normal), and with a margin an infinite one (the amax
+    times 2**margin overflows), where the division must give ``x / inf``'s
+    signed zeros."""
+    spec = breccia.DelayedScaling(margin=margin).spec("input")
+    x = torch.randn(33, 200, generator=gen(35)) * 1e37
+    x[::4, ::9] = 3.3e38
+    x[2::4, ::11] = -1e-30
+    x[3::4, 1::13] = -0.0
+    amax = torch.tensor(3.4e38)
+    assert_bit_exact(tq.quantize(x, spec, amax=amax), quantize_reference(x, spec, amax=amax))
+    rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, amax)
+    assert_bit_exact(rows, quantize_reference(x, spec, amax=amax))
+    assert_bit_exact(cols, quantize_reference(x.t(), spec, amax=amax))
+    row = breccia.Float8CurrentScaling(granularity="row").spec("input")
+    assert_bit_exact(tq.quantize(x, row, block_amax=torch.full((33, 1), 3.4e38)),
+                     quantize_reference(x, row, block_amax=torch.full((33, 1), 3.4e38)))
+
+
 @pytest.mark.parametrize("label", ["tensor_e4m3", "row", "1x128", "128x128", "mx_floor", "mx_rceil", "nvfp4",
                                    "nvfp4_16x16", "int4_sym", "int4_asym"])
 def test_block_amax(label):
