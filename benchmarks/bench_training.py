@@ -12,6 +12,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 
 import torch
@@ -26,8 +27,6 @@ except ImportError:  # run from a checkout without installing
 from breccia.demo import write_text_atomic
 from results_path import result_path  # noqa: E402  (benchmarks/ is on sys.path)
 from training_variants import breccia_variants  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def ffn(d: int, h: int, device) -> nn.Module:
@@ -86,12 +85,6 @@ def measure(make, d, h, tokens, device, bench):
     ms = bench(step)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else float("nan")
     return step, ms, peak, saved
-
-
-def median(v: list) -> float:
-    v = sorted(v)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def main(argv=None):
@@ -155,7 +148,6 @@ def main(argv=None):
 
     base_times = times["bf16"]
     flops = 3 * 2 * 2 * tokens * d * h  # two GEMMs, forward + two backward
-    flops = 3 * 2 * 2 * tokens * d * h  # two GEMMs, forward + two backward
     lines = [
         f"# Training step: FFN {d} -> {h} -> {d}, {tokens} tokens, bf16, fwd + bwd, torch.compile",
         "",
@@ -171,9 +163,9 @@ def main(argv=None):
     ]
     speedups = {}
     for name, peak, saved in rows:
-        ms = median(times[name])
+        ms = statistics.median(times[name])
         ratios = [b / t for b, t in zip(base_times, times[name])]
-        speedups[name] = median(ratios)
+        speedups[name] = statistics.median(ratios)
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else "-"
         lines.append(f"| {name} | {ms:.3f} | {flops / ms / 1e9:.0f} | {speedups[name]:.2f}x | {spread} | {saved:.0f} "
                      f"| {peak:.0f} |")

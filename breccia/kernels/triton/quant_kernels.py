@@ -48,12 +48,9 @@ def _fp8_scale(amax, MODE: tl.constexpr, FMAX: tl.constexpr, MARGIN_MUL: tl.cons
     """(value for the scale grid, fp32 divisor, its reciprocal) of the FP8
     modes 0-3: the last two are what :func:`_apply` takes (the divisor is
     used by mode 0 only)."""
-    if MODE == 0:
-        s = fp32_scale(amax, FMAX, False, MARGIN_MUL, TARGET)
-        return s, s, tl.math.div_rn(tl.zeros_like(s) + 1.0, s)
-    elif MODE == 1:
-        s = fp32_scale(amax, FMAX, True, MARGIN_MUL, TARGET)
-        # a power of two: its reciprocal is exact, so multiply
+    if MODE <= 1:
+        # (mode 1's scale is a power of two: its reciprocal is exact, so _apply multiplies)
+        s = fp32_scale(amax, FMAX, MODE == 1, MARGIN_MUL, TARGET)
         return s, s, tl.math.div_rn(tl.zeros_like(s) + 1.0, s)
     else:
         byte = e8m0_byte(amax, EMAX, MODE == 3, INV_MAX)
@@ -445,4 +442,3 @@ def quant_rowcol2d_kernel(
             fr = tl.reshape(tl.broadcast_to(f[:, :, None], (B, W // B, B)), (B, W))
         q = fp8_bits(_apply(x, dr, fr, _fast_ok(d, MODE), MODE), E4M3, NATIVE)
         tl.store(q_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], q, mask=mask)
-

@@ -475,8 +475,9 @@ def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Option
     st = torch.empty((K, triton.cdiv(M, B)), dtype=sd, device=dev)
     # H100, 16384 x 14336 bf16 (benchmarks/results/quantize-h100.md): 1x128
     # two passes, the columns' tile 128 x 64, 0.56 ms against 0.72 at 128 x 128
-    # and 1.0 for the one-pass tile (its two correctly rounded divisions per
-    # element and the transpose make that kernel compute-bound); MX 1x32 one
+    # and 1.0 for the one-pass tile (255 registers with spills for its (128,
+    # 128) tile, benchmarks/results/kernel-stats-sm90.md; still slower on the
+    # H200 with the reciprocal division, rowcol-tiles-h200.md); MX 1x32 one
     # pass 0.54 against 0.65
     cfg = config or (BLOCK_ROWCOL_128 if B == 128 else BLOCK_ROWCOL)
     # the one-pass tiles also cast rows (W a multiple of B); the columns-only pass takes any W
