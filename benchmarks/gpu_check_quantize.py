@@ -37,10 +37,13 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
+import triton
+import triton.language as tl
 
 import breccia
 from breccia.demo import environment_line, write_text_atomic
 from breccia.kernels.triton import quantize as tq
+from breccia.kernels.triton.quant_math import e4m3_reciprocal
 from breccia.quantize import block_for, quantize_reference, scale_grid_shape
 
 from results_path import result_path  # noqa: E402  (benchmarks/ is on sys.path)
@@ -338,6 +341,75 @@ def check_rowcol(small: bool, dev: str) -> list[dict]:
     return rows
 
 
+@triton.jit
+def _e4m3_reciprocal_kernel(b_ptr, o_ptr, N, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    m = offs < N
+    tl.store(o_ptr + offs, e4m3_reciprocal(tl.load(b_ptr + offs, mask=m, other=1.0)), mask=m)
+
+
+def _nvfp4_near_midpoints(spec, t_amax: float, m: int, k: int, dev: str, seed: int) -> torch.Tensor:
+    """Block amaxes putting ``amax / 6 / g`` within 3 fp32 ulps of e4m3
+    rounding midpoints, the other elements putting ``x * recip`` within 3
+    ulps of e2m1 ones (``recip`` the reference's), for the given amax
+    ``t_amax``: where an NVFP4 block division one ulp off rounds the other way."""
+    g = torch.Generator(device=dev).manual_seed(seed)
+    amax = torch.tensor(t_amax, device=dev)
+    gs = quantize_reference(torch.zeros(1, 16, device=dev), spec, amax=amax).global_scale.double()
+    e4 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double().to(dev)
+    e4 = e4[torch.isfinite(e4) & (e4 >= 2.0**-6)].unique()
+    rows = 16 if spec.block[-2] == 16 else 1
+    grid = (m // rows, k // 16)
+
+    def nudge(v: torch.Tensor) -> torch.Tensor:  # +-3 fp32 ulps
+        ulps = torch.randint(-3, 4, v.shape, device=dev, generator=g, dtype=torch.int32)
+        return (v.float().view(torch.int32) + ulps).view(torch.float32)
+
+    def spread(t: torch.Tensor) -> torch.Tensor:  # per block -> per element
+        return t.repeat_interleave(rows, 0).repeat_interleave(16, 1)
+
+    mids = (e4[1:] + e4[:-1]) / 2
+    bamax = nudge(mids[torch.randint(0, mids.numel(), grid, device=dev, generator=g)] * 6 * gs)
+    x = torch.zeros(m, k, device=dev)
+    x[::rows, ::16] = bamax
+    ref = quantize_reference(x, spec, amax=amax)
+    recip = (1.0 / ref.global_scale) / spread(ref.scale.float())
+    e2 = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], dtype=torch.float64, device=dev)
+    near = nudge(e2[torch.randint(0, 7, (m, k), device=dev, generator=g)] / recip.double())
+    near = torch.where(torch.rand(m, k, device=dev, generator=g) < 0.5, -near, near)
+    near = torch.where(near.abs() < spread(bamax), near, 0.0)
+    return torch.where(x != 0, x, near)
+
+
+def check_nvfp4_divisions(small: bool, dev: str) -> list[dict]:
+    """The NVFP4 block divisions: ``e4m3_reciprocal`` (approximate reciprocal
+    and a Newton step) against float32 ``1 / b`` for every positive normal
+    e4m3 value; then the kernels on
+    inputs next to e4m3 and e2m1 rounding midpoints, for global scales inside
+    the reciprocal path's range and under it (``div_rn``)."""
+    rows = []
+    b = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    b = b[torch.isfinite(b) & (b >= 2.0**-6)].unique()
+    ref = 1.0 / b  # float32 division on the CPU: correctly rounded
+    out = torch.empty_like(b, device=dev)
+    _e4m3_reciprocal_kernel[(1,)](b.to(dev), out, b.numel(), BLOCK=triton.next_power_of_2(b.numel()))
+    bad = int((out.cpu().view(torch.int32) != ref.view(torch.int32)).sum())
+    rows.append({"spec": "e4m3_reciprocal", "input": f"all {b.numel()} positive normal e4m3 values",
+                 "vs GPU reference": "ok" if bad == 0 else f"{bad} values differ", "vs CPU reference": "-"})
+    m, k = (64, 256) if small else (1024, 4096)
+    for label, recipe, role in [("nvfp4 1x16", breccia.NVFP4BlockScaling(), "input"),
+                                ("nvfp4 16x16", breccia.NVFP4BlockScaling(weight_block=(16, 16)), "weight")]:
+        spec = recipe.spec(role)
+        for t_amax in (1.37, 3.1e-20, 7.7e25, 1e-33):
+            x = _nvfp4_near_midpoints(spec, t_amax, m, k, dev, 3)
+            amax = torch.tensor(t_amax, device=dev)
+            got = tq.quantize(x, spec, amax=amax)
+            rows.append({"spec": label + ", given amax", "input": f"near e4m3 / e2m1 midpoints, amax {t_amax:g}",
+                         "vs GPU reference": compare(got, quantize_reference(x, spec, amax=amax), False),
+                         "vs CPU reference": compare(got, quantize_reference(x.cpu(), spec, amax=amax.cpu()), False)})
+    return rows
+
+
 def check_compile(dev: str) -> list[dict]:
     """``breccia::triton_quantize`` (a ``triton_op``) inside ``torch.compile(fullgraph=True)``,
     next to an op Inductor can fuse before it."""
@@ -398,6 +470,7 @@ def run(small: bool, dev: str) -> tuple[str, int]:
         sections.append(("Host syncs and CUDA graphs", check_sync_and_graphs(dev)))
         sections.append(("`breccia::triton_quantize` under torch.compile", check_compile(dev)))
     sections.append(("Fused rowwise + columnwise", check_rowcol(small, dev)))
+    sections.append(("NVFP4 block divisions", check_nvfp4_divisions(small, dev)))
     failures = sum(
         1 for _, rows in sections for r in rows for k, v in r.items()
         if k not in ("spec", "input") and v not in ("ok", "-", "none") and not str(v).startswith("as the GPU reference")

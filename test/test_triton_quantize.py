@@ -25,7 +25,8 @@ tl = pytest.importorskip("triton.language")
 
 from breccia.kernels.triton import cuda_quantize  # noqa: E402
 from breccia.kernels.triton import quantize as tq  # noqa: E402
-from breccia.kernels.triton.quant_math import fp8_bits, round_up_scale  # noqa: E402
+from breccia import formats  # noqa: E402
+from breccia.kernels.triton.quant_math import e2m1_codes_fast, fp8_bits, round_up_scale  # noqa: E402
 
 warnings.filterwarnings("ignore", category=RuntimeWarning)  # numpy on NaN/inf inside the interpreter
 
@@ -106,6 +107,13 @@ def _fp8_kernel(x_ptr, o_ptr, N, E4M3: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _e2m1_kernel(v_ptr, o_ptr, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    tl.store(o_ptr + offs, (e2m1_codes_fast(tl.load(v_ptr + offs, mask=m, other=0.0)) & 0xF).to(tl.uint8), mask=m)
+
+
+@triton.jit
 def _round_up_kernel(x_ptr, v_ptr, h_ptr, N, FP16: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
@@ -136,6 +144,27 @@ def test_fp8_rounding_matches_torch_cast(dtype):
     _fp8_kernel[(1,)](x, out, x.numel(), E4M3=dtype == torch.float8_e4m3fn, BLOCK=triton.next_power_of_2(x.numel()))
     fmax = torch.finfo(dtype).max
     ref = torch.clamp(x, -fmax, fmax).to(dtype).view(torch.uint8)
+    bad = (out != ref).nonzero().flatten()
+    assert bad.numel() == 0, (x[bad[:5]].tolist(), out[bad[:5]].tolist(), ref[bad[:5]].tolist())
+
+
+def test_e2m1_encoder_matches_reference():
+    """The NVFP4 kernels' e2m1 encoder (least of three rounding lines) on
+    unclamped values: every e2m1 value, the midpoints between neighbours
+    (ties) and one fp32 ulp either side, values past 6, signed zeros,
+    subnormals, NaN and inf, random fp32 bit patterns; against
+    ``formats.encode_e2m1``."""
+    vals = torch.tensor(formats._E2M1_VALUES)
+    mids = (vals[1:] + vals[:-1]) / 2
+    pts = torch.cat([vals, mids, torch.tensor([6.5, 7.0, 8.0, 12.0])])
+    near = torch.cat([pts, torch.nextafter(pts, pts + 1), torch.nextafter(pts, pts - 1)])
+    rand = torch.randint(-(2**31), 2**31 - 1, (60000,), generator=gen(0), dtype=torch.int64).to(torch.int32)
+    special = torch.tensor([0.0, 1e30, math.inf, math.nan, 2**-149, 2**-126, 3.4e38])
+    x = torch.cat([near, rand.view(torch.float32) % 16.0, rand.view(torch.float32), special])
+    x = torch.cat([x, -x])
+    out = torch.empty(x.numel(), dtype=torch.uint8)
+    _e2m1_kernel[(1,)](x, out, x.numel(), BLOCK=triton.next_power_of_2(x.numel()))
+    ref = formats.encode_e2m1(x)
     bad = (out != ref).nonzero().flatten()
     assert bad.numel() == 0, (x[bad[:5]].tolist(), out[bad[:5]].tolist(), ref[bad[:5]].tolist())
 
@@ -323,6 +352,69 @@ def test_division_by_largest_and_infinite_scales(margin):
     row = breccia.Float8CurrentScaling(granularity="row").spec("input")
     assert_bit_exact(tq.quantize(x, row, block_amax=torch.full((33, 1), 3.4e38)),
                      quantize_reference(x, row, block_amax=torch.full((33, 1), 3.4e38)))
+
+
+def _nvfp4_near_midpoints(label, t_amax, m=64, k=256):
+    """``x`` for a given global amax ``t_amax`` whose block amaxes put each
+    block scale ``amax / 6 / g`` within 3 fp32 ulps of an e4m3 rounding
+    midpoint, and whose other elements put ``x * recip`` within 3 ulps of an
+    e2m1 one (``recip`` the reference's reciprocal of the combined scale):
+    where a division off by an ulp would round the other way."""
+    spec = spec_of(label)
+    amax = torch.tensor(t_amax)
+    g = quantize_reference(torch.zeros(1, 16), spec, amax=amax).global_scale.double()
+    e4 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double()
+    e4 = e4[torch.isfinite(e4) & (e4 >= 2.0**-6)].unique()
+    mids = (e4[1:] + e4[:-1]) / 2
+    rows = 16 if label == "nvfp4_16x16" else 1
+    nb = (m // rows, k // 16)
+    pick = mids[torch.randint(0, mids.numel(), nb, generator=gen(37))]
+    bamax = (pick * 6 * g).float()
+    bamax = (bamax.view(torch.int32) + torch.randint(-3, 4, nb, generator=gen(38), dtype=torch.int32)).view(
+        torch.float32)
+    x = torch.zeros(m, k)
+    x[::rows, ::16] = bamax
+    ref = quantize_reference(x, spec, amax=amax)
+    bsf = ref.scale.float().repeat_interleave(rows, 0).repeat_interleave(16, 1)
+    recip = (1.0 / ref.global_scale) / bsf  # float32, as the reference computes it
+    e2 = torch.tensor(formats._E2M1_VALUES, dtype=torch.float64)
+    pick = ((e2[1:] + e2[:-1]) / 2)[torch.randint(0, 7, (m, k), generator=gen(39))]
+    near = (pick / recip.double()).float()
+    near = (near.view(torch.int32) + torch.randint(-3, 4, (m, k), generator=gen(40), dtype=torch.int32)).view(
+        torch.float32)
+    near = torch.where(torch.rand(m, k, generator=gen(41)) < 0.5, -near, near)
+    near = torch.where(near.abs() < bamax.repeat_interleave(rows, 0).repeat_interleave(16, 1), near, 0.0)
+    return torch.where(x != 0, x, near)
+
+
+@pytest.mark.parametrize("t_amax", [1.37, 3.1e-20, 7.7e25, 1e-33], ids=["one", "small", "huge", "slow_path"])
+@pytest.mark.parametrize("label", ["nvfp4", "nvfp4_16x16"])
+def test_nvfp4_division_near_midpoints(label, t_amax):
+    """Block scales next to e4m3 rounding midpoints and quotients next to
+    e2m1 ones: the NVFP4 block divisions (reciprocals with an fma correction,
+    or ``div_rn`` for a global scale under 2**-90) bit-exact against the
+    reference's."""
+    check(_nvfp4_near_midpoints(label, t_amax), label, amax=torch.tensor(t_amax))
+
+
+@pytest.mark.parametrize("g_exp", [-91, -90, -60, 99, 100, 101])
+@pytest.mark.parametrize("label", ["nvfp4", "nvfp4_16x16"])
+def test_nvfp4_division_edges(label, g_exp):
+    """NVFP4 block scales and reciprocals divide through reciprocals while
+    the global scale lies in [2**-90, 2**100] and by ``div_rn`` outside:
+    given amaxes that put it either side of both edges, with blocks whose
+    scale falls under e4m3's floor, lands near 448 or past it, holds an inf,
+    or sits near the fp32 range's ends."""
+    t_amax = 2688.0 * 2.0**g_exp
+    x = torch.randn(48, 256, generator=gen(36)) / 4
+    rel = torch.tensor([1.0, 0.5, 2.0**-9, 2.0**-14, 2.0**-16, 2.0**-40, 1.9, 3.0, 1e6])
+    x = x * (t_amax * rel[torch.arange(48) % rel.numel()])[:, None].clamp(max=3e38)
+    x[5, 3] = math.inf
+    x[7, 40] = -math.inf
+    x[11, :16] = 3e38
+    x[13, 16:32] = 1e-40
+    check(x, label, amax=torch.tensor(t_amax))
+    check(x.clamp(-3e38, 3e38), label)
 
 
 @pytest.mark.parametrize("label", ["tensor_e4m3", "row", "1x128", "128x128", "mx_floor", "mx_rceil", "nvfp4",

@@ -18,12 +18,14 @@ import triton.language as tl
 from .quant_math import (
     E4M3_TINY,
     NVFP4_GLOBAL_DIVISOR,
+    RCP6,
     TINY,
     abs_bits,
     div_by_scale,
     e2m1_codes,
     e2m1_codes_fast,
     e2m1_codes_stochastic,
+    e4m3_reciprocal,
     e4m3_value,
     e8m0_byte,
     e8m0_inverse,
@@ -38,6 +40,13 @@ from .quant_math import (
 )
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
+
+#: global scales for which the NVFP4 block divisions take reciprocals: the
+#: reciprocal 1/g stays within [2**-100, 2**90], so the dividends of
+#: ``div_by_scale`` are either >= 2**-100 (exact remainders) or give block
+#: scales far under e4m3's floor, where the clamp decides
+NVFP4_FAST_G_MIN = tl.constexpr(2.0**-90)
+NVFP4_FAST_G_MAX = tl.constexpr(2.0**100)
 
 FP32_AMAX, FP32_POW2, E8M0_FLOOR, E8M0_RCEIL, NVFP4, INT4_SYM, INT4_ASYM = range(7)
 
@@ -184,6 +193,58 @@ def cast_tensorwise_rowcol_kernel(
 
 
 @triton.jit
+def _store_nibbles(q_ptr, codes, grow, kb, row_ok, mask, KP, ODD_K: tl.constexpr, BM: tl.constexpr,
+                   NB: tl.constexpr, BS: tl.constexpr):
+    """Pack a (BM, NB, BS) tile of 4-bit codes two to a byte and store it."""
+    if ODD_K:  # the last byte's high nibble is padding: code 0
+        codes = tl.where(mask, codes, 0)
+    packed = pack_nibbles(codes, BM, NB, BS)
+    pcols = kb[:, None] * (BS // 2) + tl.arange(0, BS // 2)[None, :]
+    p_offs = grow[:, None, None] * KP + pcols[None, :, :]
+    tl.store(q_ptr + p_offs, packed, mask=row_ok[:, None, None] & (pcols < KP)[None, :, :])
+
+
+@triton.jit
+def _nvfp4_out(x, amax, g, inv_g, noise, q_ptr, s_ptr, s_offs, s_mask, grow, kb, row_ok, mask, KP,
+               FAST: tl.constexpr, HAS_NOISE: tl.constexpr, ENC: tl.constexpr,
+               ODD_K: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BS: tl.constexpr):
+    """NVFP4 block scales (e4m3) and payload of one tile, given the global
+    scale ``g`` and ``inv_g = 1 / g``: ``bs = amax / 6 / g``, then codes of
+    ``x * ((1 / g) / bs)`` as the reference computes them. ``FAST``: both
+    block divisions through reciprocals and an fma correction
+    (:func:`div_by_scale`), valid for ``NVFP4_FAST_G_MIN <= g <=
+    NVFP4_FAST_G_MAX``; otherwise ``div_rn``."""
+    gb = tl.zeros_like(amax) + g
+    ib = tl.zeros_like(amax) + inv_g
+    if FAST:
+        # (an inf amax divides as FLT_MAX: both give 448 for any such g)
+        d = div_by_scale(tl.minimum(amax, FLT_MAX, propagate_nan=tl.PropagateNan.ALL), 6.0, RCP6, True)
+        bs = div_by_scale(d, gb, ib, False)
+    else:
+        bs = tl.math.div_rn(tl.math.div_rn(amax, 6.0), gb)
+    bs = nan_clamp(bs, E4M3_TINY, 448.0)
+    # integer rounding to e4m3, never the hardware conversion: with it this
+    # kernel's scales (and at some tiles its payload) came out wrong on the
+    # H200 under Triton 3.6 (quantize-h200.md)
+    bs8 = fp8_bits(bs, True, False)
+    tl.store(s_ptr + s_offs, bs8, mask=s_mask)
+    bsf = tl.where(bs != bs, bs, e4m3_value(bs8))
+    # the reference multiplies by the reciprocal of the combined scale
+    if FAST:
+        recip = div_by_scale(ib, bsf, e4m3_reciprocal(bsf), True)
+    else:
+        recip = tl.math.div_rn(ib, bsf)
+    v = x * tl.broadcast_to(recip[:, :, None], (BM, NB, BS))
+    if HAS_NOISE:
+        codes = e2m1_codes_stochastic(nan_clamp(v, -6.0, 6.0), noise)
+    elif ENC == 1:
+        codes = e2m1_codes_fast(v)  # saturates by itself
+    else:
+        codes = e2m1_codes(nan_clamp(v, -6.0, 6.0))
+    _store_nibbles(q_ptr, codes, grow, kb, row_ok, mask, KP, ODD_K, BM, NB, BS)
+
+
+@triton.jit
 def quant_blocks_kernel(
     x_ptr, q_ptr, s_ptr, zp_ptr, gs_ptr, amax_ptr, part_ptr, noise_ptr, bamax_ptr,
     M, K, KP, n_mtiles, n_ktiles, n_sk, n_part,
@@ -208,10 +269,14 @@ def quant_blocks_kernel(
         pid = tl.num_programs(0) - 1 - pid
     pid_r = pid // n_ktiles
     pid_k = pid - pid_r * n_ktiles
-    b = pid_r // n_mtiles
-    rl = (pid_r - b * n_mtiles) * BM + tl.arange(0, BM)
+    if ROWS2D:
+        b = pid_r // n_mtiles
+        rl = (pid_r - b * n_mtiles) * BM + tl.arange(0, BM)
+        grow = b.to(tl.int64) * M + rl
+    else:  # (1, BS) blocks: the planner folds the batch into the rows
+        rl = pid_r * BM + tl.arange(0, BM)
+        grow = rl.to(tl.int64)
     row_ok = rl < M
-    grow = b.to(tl.int64) * M + rl
     kb = pid_k * NB + tl.arange(0, NB)
     cols = kb[:, None] * BS + tl.arange(0, BS)[None, :]
     offs = grow[:, None, None] * K + cols[None, :, :]
@@ -247,6 +312,8 @@ def quant_blocks_kernel(
     else:
         if HAS_NOISE:
             noise = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+        else:
+            noise = x  # not read
         if MODE == 4:
             # global scale from the given amax, or from the pass-1 partials
             t_amax = _tensor_amax(amax_ptr, part_ptr, n_part, PART_P2, AMAX_GIVEN)
@@ -254,20 +321,17 @@ def quant_blocks_kernel(
             g = tl.where(t_amax == 0.0, 1.0, tl.maximum(g, TINY, propagate_nan=tl.PropagateNan.ALL))
             tl.store(gs_ptr, g, mask=pid == 0)
             inv_g = tl.math.div_rn(1.0, g)  # once per program
-            gb = tl.zeros_like(amax) + g
-            bs = nan_clamp(tl.math.div_rn(tl.math.div_rn(amax, 6.0), gb), E4M3_TINY, 448.0)
-            bs8 = fp8_bits(bs, True, NATIVE)
-            tl.store(s_ptr + s_offs, bs8, mask=s_mask)
-            bsf = tl.where(bs != bs, bs, e4m3_value(bs8))
-            # the reference multiplies by the reciprocal of the combined scale
-            recip = tl.math.div_rn(tl.zeros_like(gb) + inv_g, bsf)
-            v = nan_clamp(x * tl.broadcast_to(recip[:, :, None], (BM, NB, BS)), -6.0, 6.0)
-            if HAS_NOISE:
-                codes = e2m1_codes_stochastic(v, noise)
-            elif ENC == 1:
-                codes = e2m1_codes_fast(v)
+            # the block divisions take reciprocals (div_by_scale) where the
+            # global scale keeps every remainder clear of underflow and every
+            # reciprocal normal: the same for the whole program. (Each branch
+            # stores its own outputs: yielding the block scales out of the
+            # branch miscompiled their store on the GPU.)
+            if (g >= NVFP4_FAST_G_MIN) & (g <= NVFP4_FAST_G_MAX):
+                _nvfp4_out(x, amax, g, inv_g, noise, q_ptr, s_ptr, s_offs, s_mask, grow, kb, row_ok, mask, KP,
+                           True, HAS_NOISE, ENC, ODD_K, BM, NB, BS)
             else:
-                codes = e2m1_codes(v)
+                _nvfp4_out(x, amax, g, inv_g, noise, q_ptr, s_ptr, s_offs, s_mask, grow, kb, row_ok, mask, KP,
+                           False, HAS_NOISE, ENC, ODD_K, BM, NB, BS)
         else:
             if MODE == 5:
                 s = nan_clamp(tl.math.div_rn(amax, 7.5), STINY, SMAX)
@@ -311,12 +375,7 @@ def quant_blocks_kernel(
             else:
                 r = tl.clamp(r, 0.0, 15.0)
             codes = tl.where(ok, r.to(tl.int32) & 0xF, 0)
-        if ODD_K:  # the last byte's high nibble is padding: code 0
-            codes = tl.where(mask, codes, 0)
-        packed = pack_nibbles(codes, BM, NB, BS)
-        pcols = kb[:, None] * (BS // 2) + tl.arange(0, BS // 2)[None, :]
-        p_offs = grow[:, None, None] * KP + pcols[None, :, :]
-        tl.store(q_ptr + p_offs, packed, mask=row_ok[:, None, None] & (pcols < KP)[None, :, :])
+            _store_nibbles(q_ptr, codes, grow, kb, row_ok, mask, KP, ODD_K, BM, NB, BS)
 
 
 @triton.jit

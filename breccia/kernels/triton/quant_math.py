@@ -15,7 +15,9 @@ says which, and why the arithmetic is exact. Conventions:
 * an FP8 cast divides by a per-block fp32 scale with one reciprocal per
   block and two fmas per element (:func:`div_by_scale`), which gives the
   FP8 result of the correctly rounded quotient; blocks whose scale is tiny
-  or not finite fall back to ``div_rn`` (:func:`reciprocal_ok`).
+  or not finite fall back to ``div_rn`` (:func:`reciprocal_ok`); the NVFP4
+  block divisions do the same where the global scale allows
+  (``quant_kernels._nvfp4_out``).
 * ``NATIVE`` selects the hardware fp8 conversion (``cvt.rn.satfinite``); the
   interpreter's fp8/bf16 conversions truncate, so on the CPU the same rounding
   is done in integer arithmetic (proven equal on the GPU by
@@ -229,20 +231,36 @@ def e2m1_codes(v):
 
 @triton.jit
 def e2m1_codes_fast(v):
-    """:func:`e2m1_codes` in fewer instructions: on each binade group of the
-    grid the codes are evenly spaced, so ``code = rne(|v| * m) + o`` with
-    (m, o) = (2, 0) below 2, (1, 2) below 4, (1/2, 4) up to 6; adding
-    ``2**23 + o`` rounds to an integer (ties to even; o is even, so it keeps
-    the tie's parity) and leaves the code in the low bits. NaN gives code 0."""
-    a = tl.abs(v)
-    lo = a < 2.0
-    mid = a < 4.0
-    m = tl.where(lo, 2.0, tl.where(mid, 1.0, 0.5))
-    o = tl.where(lo, 8388608.0, tl.where(mid, 8388610.0, 8388612.0))
-    c = (a * m + o).to(tl.int32, bitcast=True) & 7
-    c = tl.where(a == a, c, 0)
-    sign = (v.to(tl.int32, bitcast=True) >> 28) & 8
-    return c | sign
+    """:func:`e2m1_codes` of an *unclamped* ``v`` in fewer instructions. On
+    each binade group of the grid the codes are evenly spaced: code
+    ``rne(2a)`` below 2, ``rne(a) + 2`` below 4, ``rne(a / 2) + 4`` above,
+    and since the three lines are concave together, the code is the least
+    of them, capped at 7 (saturation at 6). Each line plus ``2**23`` is
+    rounded to an integer by its one addition (the products are exact; ties
+    go to even, and the offsets are even so they keep a tie's parity), and
+    rounding commutes with the minimum, so the code sits in the low bits of
+    the least sum. NaN gives code 0 (``max(NaN, 0)`` is 0). The code is in
+    the low four bits and bits 4-7 are zero; the bits above them are not
+    cleared (:func:`pack_nibbles` keeps the low byte)."""
+    a = tl.maximum(tl.abs(v), 0.0)
+    c = tl.minimum(tl.minimum(a * 2.0 + 8388608.0, a + 8388610.0), tl.minimum(a * 0.5 + 8388612.0, 8388615.0))
+    # the sign into bit 3; the bits above the code are left as they are
+    # (:func:`pack_nibbles` keeps the low four only)
+    return c.to(tl.int32, bitcast=True) | ((v.to(tl.int32, bitcast=True) >> 28) & 8)
+
+
+#: float32 RN(1/6): amax / 6 as ``div_by_scale(amax, 6, RCP6)``
+RCP6 = tl.constexpr(0.1666666716337204)
+
+
+@triton.jit
+def e4m3_reciprocal(b):
+    """RN(1 / b) for normal e4m3 values ``b`` (held as float32): Triton's
+    approximate ``/`` (exact in the interpreter) and one Newton step. Exact
+    for all 119 positive normal e4m3 values: ``gpu_check_quantize.py``
+    checks each on the GPU."""
+    y = 1.0 / b
+    return tl.fma(y, tl.fma(-b, y, 1.0), y)
 
 
 @triton.jit
@@ -272,7 +290,7 @@ def e2m1_codes_stochastic(v, noise):
 @triton.jit
 def pack_nibbles(codes, BM: tl.constexpr, NB: tl.constexpr, BS: tl.constexpr):
     """(BM, NB, BS) int32 codes -> (BM, NB, BS // 2) uint8, even element in
-    the low nibble."""
+    the low nibble. Only the low byte of each code is read (bits 4-7 zero)."""
     lo, hi = tl.split(tl.reshape(codes, (BM, NB, BS // 2, 2)))
     return (lo | (hi << 4)).to(tl.uint8)
 
