@@ -342,10 +342,10 @@ def check_rowcol(small: bool, dev: str) -> list[dict]:
 
 
 @triton.jit
-def _e4m3_reciprocal_kernel(b_ptr, o_ptr, N, BLOCK: tl.constexpr):
+def _e4m3_reciprocal_kernel(b_ptr, o_ptr, N, NATIVE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     m = offs < N
-    tl.store(o_ptr + offs, e4m3_reciprocal(tl.load(b_ptr + offs, mask=m, other=1.0)), mask=m)
+    tl.store(o_ptr + offs, e4m3_reciprocal(tl.load(b_ptr + offs, mask=m, other=1.0), NATIVE), mask=m)
 
 
 def _nvfp4_near_midpoints(spec, t_amax: float, m: int, k: int, dev: str, seed: int) -> torch.Tensor:
@@ -384,18 +384,21 @@ def _nvfp4_near_midpoints(spec, t_amax: float, m: int, k: int, dev: str, seed: i
 def check_nvfp4_divisions(small: bool, dev: str) -> list[dict]:
     """The NVFP4 block divisions: ``e4m3_reciprocal`` (approximate reciprocal
     and a Newton step) against float32 ``1 / b`` for every positive normal
-    e4m3 value; then the kernels on
+    e4m3 value, on the hardware and the emulated path; then the kernels on
     inputs next to e4m3 and e2m1 rounding midpoints, for global scales inside
     the reciprocal path's range and under it (``div_rn``)."""
     rows = []
     b = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     b = b[torch.isfinite(b) & (b >= 2.0**-6)].unique()
     ref = 1.0 / b  # float32 division on the CPU: correctly rounded
-    out = torch.empty_like(b, device=dev)
-    _e4m3_reciprocal_kernel[(1,)](b.to(dev), out, b.numel(), BLOCK=triton.next_power_of_2(b.numel()))
-    bad = int((out.cpu().view(torch.int32) != ref.view(torch.int32)).sum())
-    rows.append({"spec": "e4m3_reciprocal", "input": f"all {b.numel()} positive normal e4m3 values",
-                 "vs GPU reference": "ok" if bad == 0 else f"{bad} values differ", "vs CPU reference": "-"})
+    for native in (True, False):
+        out = torch.empty_like(b, device=dev)
+        _e4m3_reciprocal_kernel[(1,)](b.to(dev), out, b.numel(), NATIVE=native and dev == "cuda",
+                                      BLOCK=triton.next_power_of_2(b.numel()))
+        bad = int((out.cpu().view(torch.int32) != ref.view(torch.int32)).sum())
+        rows.append({"spec": f"e4m3_reciprocal ({'rcp.approx' if native else 'emulated'})",
+                     "input": f"all {b.numel()} positive normal e4m3 values",
+                     "vs GPU reference": "ok" if bad == 0 else f"{bad} values differ", "vs CPU reference": "-"})
     m, k = (64, 256) if small else (1024, 4096)
     for label, recipe, role in [("nvfp4 1x16", breccia.NVFP4BlockScaling(), "input"),
                                 ("nvfp4 16x16", breccia.NVFP4BlockScaling(weight_block=(16, 16)), "weight")]:

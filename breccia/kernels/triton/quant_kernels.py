@@ -25,8 +25,8 @@ from .quant_math import (
     e2m1_codes,
     e2m1_codes_fast,
     e2m1_codes_stochastic,
+    e4m3_block_scale,
     e4m3_reciprocal,
-    e4m3_value,
     e8m0_byte,
     e8m0_inverse,
     fp32_scale,
@@ -206,7 +206,7 @@ def _store_nibbles(q_ptr, codes, grow, kb, row_ok, mask, KP, ODD_K: tl.constexpr
 
 @triton.jit
 def _nvfp4_out(x, amax, g, inv_g, noise, q_ptr, s_ptr, s_offs, s_mask, grow, kb, row_ok, mask, KP,
-               FAST: tl.constexpr, HAS_NOISE: tl.constexpr, ENC: tl.constexpr,
+               FAST: tl.constexpr, NATIVE: tl.constexpr, HAS_NOISE: tl.constexpr, ENC: tl.constexpr,
                ODD_K: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BS: tl.constexpr):
     """NVFP4 block scales (e4m3) and payload of one tile, given the global
     scale ``g`` and ``inv_g = 1 / g``: ``bs = amax / 6 / g``, then codes of
@@ -222,16 +222,14 @@ def _nvfp4_out(x, amax, g, inv_g, noise, q_ptr, s_ptr, s_offs, s_mask, grow, kb,
         bs = div_by_scale(d, gb, ib, False)
     else:
         bs = tl.math.div_rn(tl.math.div_rn(amax, 6.0), gb)
-    bs = nan_clamp(bs, E4M3_TINY, 448.0)
     # integer rounding to e4m3, never the hardware conversion: with it this
     # kernel's scales (and at some tiles its payload) came out wrong on the
     # H200 under Triton 3.6 (quantize-h200.md)
-    bs8 = fp8_bits(bs, True, False)
+    bs8, bsf = e4m3_block_scale(nan_clamp(bs, E4M3_TINY, 448.0))
     tl.store(s_ptr + s_offs, bs8, mask=s_mask)
-    bsf = tl.where(bs != bs, bs, e4m3_value(bs8))
     # the reference multiplies by the reciprocal of the combined scale
     if FAST:
-        recip = div_by_scale(ib, bsf, e4m3_reciprocal(bsf), True)
+        recip = div_by_scale(ib, bsf, e4m3_reciprocal(bsf, NATIVE), True)
     else:
         recip = tl.math.div_rn(ib, bsf)
     v = x * tl.broadcast_to(recip[:, :, None], (BM, NB, BS))
@@ -328,10 +326,10 @@ def quant_blocks_kernel(
             # branch miscompiled their store on the GPU.)
             if (g >= NVFP4_FAST_G_MIN) & (g <= NVFP4_FAST_G_MAX):
                 _nvfp4_out(x, amax, g, inv_g, noise, q_ptr, s_ptr, s_offs, s_mask, grow, kb, row_ok, mask, KP,
-                           True, HAS_NOISE, ENC, ODD_K, BM, NB, BS)
+                           True, NATIVE, HAS_NOISE, ENC, ODD_K, BM, NB, BS)
             else:
                 _nvfp4_out(x, amax, g, inv_g, noise, q_ptr, s_ptr, s_offs, s_mask, grow, kb, row_ok, mask, KP,
-                           False, HAS_NOISE, ENC, ODD_K, BM, NB, BS)
+                           False, NATIVE, HAS_NOISE, ENC, ODD_K, BM, NB, BS)
         else:
             if MODE == 5:
                 s = nan_clamp(tl.math.div_rn(amax, 7.5), STINY, SMAX)

@@ -144,10 +144,17 @@ def fp8_bits(v, E4M3: tl.constexpr, NATIVE: tl.constexpr):
 
 
 @triton.jit
-def e4m3_value(bits):
-    """float32 value of a *normal* e4m3 byte (NVFP4 block scales are >= 2**-6)."""
-    b = bits.to(tl.int32)
-    return ((((b >> 3) & 0xF) + 120) << 23 | (b & 7) << 20).to(tl.float32, bitcast=True)
+def e4m3_block_scale(bs):
+    """(e4m3 byte, its float32 value) of an NVFP4 block scale ``bs`` in
+    [2**-6, 448] or NaN, rounded to nearest even: the fp32 mantissa rounded
+    to 3 bits in integer arithmetic (what :func:`fp8_bits` does for normal
+    results), whose bit pattern is already the value. NaN gives the NaN
+    byte of its sign, as torch's cast does."""
+    b = bs.to(tl.int32, bitcast=True)
+    r = (b + 0x7FFFF + ((b >> 20) & 1)) & -0x100000
+    nan = bs != bs
+    byte = tl.where(nan, 0x7F | ((b >> 24) & 0x80), (r >> 20) - (120 << 3))
+    return byte.to(tl.uint8), tl.where(nan, bs, r.to(tl.float32, bitcast=True))
 
 
 # --------------------------------------------------------------------------- fp32 scales
@@ -254,12 +261,17 @@ RCP6 = tl.constexpr(0.1666666716337204)
 
 
 @triton.jit
-def e4m3_reciprocal(b):
-    """RN(1 / b) for normal e4m3 values ``b`` (held as float32): Triton's
-    approximate ``/`` (exact in the interpreter) and one Newton step. Exact
-    for all 119 positive normal e4m3 values: ``gpu_check_quantize.py``
-    checks each on the GPU."""
-    y = 1.0 / b
+def e4m3_reciprocal(b, NATIVE: tl.constexpr):
+    """RN(1 / b) for normal e4m3 values ``b`` (held as float32): an
+    approximate reciprocal (the GPU's ``rcp.approx``; elsewhere Triton's
+    ``/``, exact in the interpreter) and one Newton step. Exact for all 119
+    positive normal e4m3 values: ``gpu_check_quantize.py`` checks each, on
+    both paths, on the GPU."""
+    if NATIVE:
+        y = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [b], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        y = 1.0 / b
     return tl.fma(y, tl.fma(-b, y, 1.0), y)
 
 
