@@ -11,7 +11,9 @@ the kernel's payload, scale, global scale and zero point byte for byte with
 * ``breccia.cast`` on CUDA takes the kernels and matches the reference,
 * no kernel syncs with the host, and the tensorwise / NVFP4 two-pass
   kernels replay correctly from a CUDA graph,
-* ``quantize_rowwise_and_columnwise`` matches the reference of ``x`` and ``x.T``.
+* ``quantize_rowwise_and_columnwise`` matches the reference of ``x`` and ``x.T``,
+* the NVFP4 block divisions are exact: the e4m3 reciprocal for every e4m3
+  value, and inputs next to e4m3 and e2m1 rounding midpoints.
 
 Prints a table and writes it into ``benchmarks/results/quantize-<device>.md``
 (its own section; ``bench_quantize.py`` writes the timings beside it).

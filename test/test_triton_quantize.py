@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import breccia  # noqa: E402
+from breccia import formats  # noqa: E402
 from breccia.quantize import _round_up_to, block_for, quantize_reference, scale_grid_shape  # noqa: E402
 
 triton = pytest.importorskip("triton")
@@ -25,7 +26,6 @@ tl = pytest.importorskip("triton.language")
 
 from breccia.kernels.triton import cuda_quantize  # noqa: E402
 from breccia.kernels.triton import quantize as tq  # noqa: E402
-from breccia import formats  # noqa: E402
 from breccia.kernels.triton.quant_math import e2m1_codes_fast, fp8_bits, round_up_scale  # noqa: E402
 
 warnings.filterwarnings("ignore", category=RuntimeWarning)  # numpy on NaN/inf inside the interpreter

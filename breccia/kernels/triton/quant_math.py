@@ -251,8 +251,7 @@ def e2m1_codes_fast(v):
     cleared (:func:`pack_nibbles` keeps the low byte)."""
     a = tl.maximum(tl.abs(v), 0.0)
     c = tl.minimum(tl.minimum(a * 2.0 + 8388608.0, a + 8388610.0), tl.minimum(a * 0.5 + 8388612.0, 8388615.0))
-    # the sign into bit 3; the bits above the code are left as they are
-    # (:func:`pack_nibbles` keeps the low four only)
+    # the sign into bit 3
     return c.to(tl.int32, bitcast=True) | ((v.to(tl.int32, bitcast=True) >> 28) & 8)
 
 
