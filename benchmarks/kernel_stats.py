@@ -8,7 +8,7 @@ Each case calls the quantizer's real planning code with a launcher that
 records the launches instead of running them, then compiles every recorded
 launch for the target (hardware fp8 conversions, as on the GPU) and reads
 the register and spill counts from ptxas (``ptxas -v``, Triton's bundled
-copy). Occupancy follows from the registers: an sm90 SM holds 65536 of them,
+copy) and the SASS of the kernel body from ``nvdisasm`` (also bundled). Occupancy follows from the registers: an sm90 SM holds 65536 of them,
 so a 4-warp program at 128 registers fits 4 times, at 154 three times. The
 counts are static: they say where a kernel's budget goes, not how fast it
 runs (that is bench_quantize.py's and tune_rowcol.py's job, on the GPU).
@@ -17,6 +17,7 @@ runs (that is bench_quantize.py's and tune_rowcol.py's job, on the GPU).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -109,18 +110,29 @@ def _signature(kernel, args, meta) -> tuple[dict, dict, dict]:
     return sig, consts, attrs
 
 
-def _ptxas(ptx: str, arch: int) -> str:
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+def _ptxas(ptx: str, arch: int) -> tuple[str, list[str]]:
+    """(ptxas -v's report, the SASS instructions of the kernel body: up to its
+    last EXIT, so without out-of-line subroutines such as div_rn's slow path)."""
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     # the bundled ptxas may be older than the PTX version Triton writes: the kernels use nothing newer
     ptx = re.sub(r"\.version \d+\.\d+", ".version 8.7", ptx)
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    try:
-        out = subprocess.run([ptxas, f"-arch=sm_{arch}a", "-v", f.name, "-o", os.devnull],
+    with tempfile.TemporaryDirectory() as d:
+        src, cubin = os.path.join(d, "k.ptx"), os.path.join(d, "k.cubin")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([os.path.join(bin_dir, "ptxas"), f"-arch=sm_{arch}a", "-v", src, "-o", cubin],
                              capture_output=True, text=True)
-    finally:
-        os.unlink(f.name)
-    return out.stdout + out.stderr
+        sass = []
+        if os.path.exists(cubin):
+            dis = subprocess.run([os.path.join(bin_dir, "nvdisasm"), "-c", cubin], capture_output=True, text=True)
+            sass = [ln for ln in dis.stdout.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", ln)]
+            last_exit = max((i for i, ln in enumerate(sass) if re.search(r"\bEXIT\b", ln)), default=len(sass) - 1)
+            sass = sass[:last_exit + 1]
+    return out.stdout + out.stderr, sass
+
+
+#: constexprs whose product is a kernel's tile (elements per program and pass)
+_TILE_KEYS = (("BM", "NB", "BS"), ("B", "W"), ("BM", "BK"), ("BLOCK",))
 
 
 def stats(kernel, args, meta, arch: int) -> dict:
@@ -130,11 +142,14 @@ def stats(kernel, args, meta, arch: int) -> dict:
     ptx = ck.asm["ptx"]
     body = [ln.strip() for ln in ptx.splitlines()]
     instr = [ln for ln in body if ln and not ln.startswith(("//", ".", "$", "{", "}", ")", "("))]
-    log = _ptxas(ptx, arch)
+    log, sass = _ptxas(ptx, arch)
     regs = re.search(r"Used (\d+) registers", log)
     spill = re.search(r"(\d+) bytes spill stores", log)
     n = int(regs.group(1)) if regs else None
     warps = meta.get("num_warps", 4)
+    tile = next((math.prod(meta[k] for k in keys) for keys in _TILE_KEYS if all(k in meta for k in keys)), None)
+    # a thread's share of one tile; the amax pass loops over tiles, so its count is per loop body
+    per_thread = tile / (32 * warps) if tile else None
     return {
         "kernel": kernel.fn.__name__,
         "warps": warps,
@@ -144,6 +159,9 @@ def stats(kernel, args, meta, arch: int) -> dict:
         "spill bytes": int(spill.group(1)) if spill else "-",
         "shared bytes": ck.metadata.shared,
         "PTX instructions": len(instr),
+        "SASS instructions": len(sass) or "-",
+        "elements a thread": f"{per_thread:g}" if per_thread else "-",
+        "SASS per element": f"{len(sass) / per_thread:.1f}" if sass and per_thread else "-",
         "meta": ", ".join(f"{k}={v}" for k, v in meta.items() if k in ("B", "W", "BM", "BK", "NB", "BS", "ROWS", "ROWS2D",
                                                                       "BLOCK", "MODE", "AMAX_GIVEN")),
     }
@@ -163,11 +181,14 @@ def main(argv=None) -> None:
             rows.append(r)
             print(r, flush=True)
     cols = ["case", "kernel", "meta", "warps", "registers", "programs per SM", "spill bytes", "shared bytes",
-            "PTX instructions"]
+            "PTX instructions", "SASS instructions", "elements a thread", "SASS per element"]
     lines = [f"# Quantize kernels compiled for sm{args.arch}: registers and instructions", "",
              f"_{environment_line('cpu')} · triton {triton.__version__} · `benchmarks/kernel_stats.py`_", "",
              "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["", "SASS counts are static, up to the kernel's last EXIT: both sides of every branch count (the "
+              "FP8 casts' per-tile `div_rn` fallback, NVFP4's reciprocal and `div_rn` bodies, about half each), "
+              "out-of-line subroutines (div_rn's slow path) do not. Per element: over a thread's share of one tile."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
