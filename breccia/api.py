@@ -58,7 +58,9 @@ def cast(
     ``generator``: drives stochastic rounding where the recipe asks for it.
     ``amax`` / ``block_amax``: a precomputed tensor amax (tensorwise FP8, the
     NVFP4 global scale) or amax per block, e.g. reduced across ranks that
-    each hold part of the tensor.
+    each hold part of the tensor. A given tensor amax (a calibrated one, say)
+    also spares the CUDA kernels their amax pass over ``x``: one read instead
+    of two (``docs/kernels.md``).
     """
     x = as_tensor(x)
     _check_recipe(recipe)
