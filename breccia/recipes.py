@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 from torch.utils._pytree import register_constant

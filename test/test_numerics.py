@@ -1,8 +1,6 @@
 """Numerics of every recipe, proven against oracles nobody here wrote:
 torch's own casts, torchao's reference quantizers and ml_dtypes."""
 
-import math
-
 import pytest
 import torch
 from conftest import RECIPES, randn, student_t

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torch.utils._pytree import tree_map
 
 __all__ = ["fallback", "dequantize_args", "FallbackWarning"]
