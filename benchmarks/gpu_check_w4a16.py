@@ -117,7 +117,8 @@ def check_kernel(lines: list, name: str, recipe, dtype) -> bool:
         ok &= good
         kern = "MMA" if default.mma else "tensor-core"
         lines.append(
-            f"| {name} | {str(dtype)[6:]} | {m}x{n}x{k} ({kern}) | {same} | {worst:.1e} ({len(cfgs)} configs) | "
+            f"| {name} | {str(dtype)[6:]} | {m}x{n}x{k} ({kern}) | {same} | {worst:.1e} ({len(cfgs)} configs"
+            f"{'' if worst < 1e-4 else f'; worst {worst_cfg}'}) | "
             f"{e16:.1e} | {ws_clean} | {'ok' if good else 'FAIL'} |"
         )
     # bit-exact unpack: identity activations (M = K: the 128-row tiles too)
