@@ -41,3 +41,18 @@ print("from NumPy:", st.qdata.shape, st.scale.shape)
 f = torch.compile(lambda x: breccia.dequantize(breccia.cast(x, breccia.MXFP8BlockScaling())), fullgraph=True)
 assert torch.equal(f(w), breccia.dequantize(breccia.cast(w, breccia.MXFP8BlockScaling())))
 print("compiled round trip: bit-identical to eager")
+
+# 6. A precomputed amax: NVFP4's global scale (or a tensorwise FP8 scale)
+#    from a calibrated amax instead of each tensor's own. With the tensor's
+#    own amax the bits are the same; on CUDA the cast then reads x once
+#    instead of twice (no amax pass), as a serving stack with a calibrated
+#    input scale would use it.
+nvfp4 = breccia.NVFP4BlockScaling()
+acts = [torch.randn(64, 1024) for _ in range(4)]
+calibrated = torch.stack([a.abs().amax() for a in acts]).amax()  # over calibration batches
+x = acts[0]
+fixed = breccia.cast(x, nvfp4, role="input", amax=calibrated)
+own = breccia.cast(x, nvfp4, role="input", amax=x.abs().amax())
+dynamic = breccia.cast(x, nvfp4, role="input")
+assert torch.equal(own.qdata, dynamic.qdata) and torch.equal(own.global_scale, dynamic.global_scale)
+print("calibrated global scale:", fixed.global_scale.item(), " own:", own.global_scale.item())
