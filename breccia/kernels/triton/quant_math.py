@@ -108,6 +108,15 @@ def div_by_scale(x, s, r, BOUNDED: tl.constexpr):
 
 
 @triton.jit
+def rne_shift(a, DROP: tl.constexpr):
+    """``a >> DROP`` rounded to nearest even (the usual
+    add-half-minus-one-plus-lsb): for the bits of a positive normal float,
+    its exponent and the mantissa rounded to ``23 - DROP`` bits (a carry
+    moves into the exponent, as rounding up to the next binade should)."""
+    return (a + ((1 << (DROP - 1)) - 1) + ((a >> DROP) & 1)) >> DROP
+
+
+@triton.jit
 def fp8_bits(v, E4M3: tl.constexpr, NATIVE: tl.constexpr):
     """``clamp(v, -max, max).to(fp8)`` as uint8 bits (round to nearest even).
 
@@ -130,11 +139,11 @@ def fp8_bits(v, E4M3: tl.constexpr, NATIVE: tl.constexpr):
         sign = (b >> 24) & 0x80
         a = b & 0x7FFFFFFF
         if E4M3:
-            norm = ((a + 0x7FFFF + ((a >> 20) & 1)) >> 20) - (120 << 3)
+            norm = rne_shift(a, 20) - (120 << 3)
             t = a.to(tl.float32, bitcast=True) * 512.0
             is_norm = a >= (121 << 23)
         else:
-            norm = ((a + 0xFFFFF + ((a >> 21) & 1)) >> 21) - (112 << 2)
+            norm = rne_shift(a, 21) - (112 << 2)
             t = a.to(tl.float32, bitcast=True) * 65536.0
             is_norm = a >= (113 << 23)
         sub = (t + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
@@ -147,14 +156,14 @@ def fp8_bits(v, E4M3: tl.constexpr, NATIVE: tl.constexpr):
 def e4m3_block_scale(bs):
     """(e4m3 byte, its float32 value) of an NVFP4 block scale ``bs`` in
     [2**-6, 448] or NaN, rounded to nearest even: the fp32 mantissa rounded
-    to 3 bits in integer arithmetic (what :func:`fp8_bits` does for normal
-    results), whose bit pattern is already the value. NaN gives the NaN
+    to 3 bits in integer arithmetic (:func:`rne_shift`, as :func:`fp8_bits`
+    rounds normal results), whose bit pattern is already the value. NaN gives the NaN
     byte of its sign, as torch's cast does."""
     b = bs.to(tl.int32, bitcast=True)
-    r = (b + 0x7FFFF + ((b >> 20) & 1)) & -0x100000
+    r = rne_shift(b, 20)
     nan = bs != bs
-    byte = tl.where(nan, 0x7F | ((b >> 24) & 0x80), (r >> 20) - (120 << 3))
-    return byte.to(tl.uint8), tl.where(nan, bs, r.to(tl.float32, bitcast=True))
+    byte = tl.where(nan, 0x7F | ((b >> 24) & 0x80), r - (120 << 3))
+    return byte.to(tl.uint8), tl.where(nan, bs, (r << 20).to(tl.float32, bitcast=True))
 
 
 # --------------------------------------------------------------------------- fp32 scales
