@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def _compile_sm90(kernel_fn, sig: dict, const: dict, warps: int):
+def _compile_sm90(kernel_fn, sig: dict, const: dict, warps: int, **options):
     """``kernel_fn`` (a Gluon kernel) compiled for sm90: ``sig`` the runtime
     arguments' types, ``const`` the constexpr values (appended to ``sig``)."""
     import triton
@@ -25,10 +25,12 @@ def _compile_sm90(kernel_fn, sig: dict, const: dict, warps: int):
 
     sig = dict(sig, **{name: "constexpr" for name in const})
     src = GluonASTSource(kernel_fn, sig, {(list(sig).index(name),): v for name, v in const.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, **options))
 
 
-def compile_config(bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: int, scalar: bool) -> dict:
+def compile_config(
+    bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: int, scalar: bool, ws: bool = False
+) -> dict:
     import torch
     from triton.experimental.gluon import language as gl
     from triton.runtime.jit import mangle_type
@@ -50,10 +52,13 @@ def compile_config(bm: int, bn: int, bk: int, warps: int, stages: int, slice_k: 
         sb_desc=mangle_type(sb_desc), sb_ptr="*fp32", c_ptr="*bf16", bias_ptr="*bf16",
         **{name: "i32" for name in ("M", "N", "K", "stride_cm", "stride_cn", "stride_sbk", "stride_sbn")},
     )  # fmt: skip
-    const = dict(SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=128 if scalar else 1, HAS_BIAS=True,
-                 STAGES=stages, WARPS_N=(16 * warps) // bm, GROUP_M=8, num_warps=warps)  # fmt: skip
-    kernel = _compile_sm90(gemm_wgmma._scaled_wgmma_kernel, sig, const, warps)
+    # (in the kernel's parameter order: constants are matched by position)
+    const = dict(SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=128 if scalar else 1, HAS_BIAS=True, STAGES=stages)
+    const.update(WARPS_N=1 if ws else (16 * warps) // bm, GROUP_M=8, WS=ws, CONSUMER_REGS=240, num_warps=warps)
+    kernel = _compile_sm90(gemm_wgmma._scaled_wgmma_kernel, sig, const, warps, **({"maxnreg": 168} if ws else {}))
     ptx = kernel.asm["ptx"]
+    if os.environ.get("SM90_DUMP"):  # inspection: PTX and SASS next to the given path
+        open(os.environ["SM90_DUMP"] + ".ptx", "w").write(ptx)
     return {"wgmma": ptx.count("wgmma.mma_async"), "waits": ptx.count("wgmma.wait_group"),
             "shared": kernel.metadata.shared}  # fmt: skip
 

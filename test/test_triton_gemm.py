@@ -213,15 +213,14 @@ def test_blockwise_wgmma_variant_needs_a_hopper_gpu():
     from breccia.kernels.triton import gemm_wgmma
 
     for m in (1, 40, 200, 4096):
-        assert all(c.variant != 5 for c in gemm_blockwise._candidates(m, 256, 512, True))
-    assert any(c.variant == 5 for c in gemm_blockwise._candidates(4096, 256, 512, True, True))
+        assert all(c.variant not in (5, 6) for c in gemm_blockwise._candidates(m, 256, 512, True))
+        assert all(c.variant not in (5, 6) for c in gemm_mx._candidates(m, 256, 512, False))
+    assert {5, 6} <= {c.variant for c in gemm_blockwise._candidates(4096, 256, 512, True, True)}
     a, b = operands(BLOCK, 64, 128, 256)
     assert not gemm_wgmma.wgmma_ok(a.qdata, b.qdata)
-    with pytest.raises(ValueError, match="Hopper"):
-        gemm_wgmma.scaled_wgmma_mm(
-            a.qdata, b.qdata, a.scale.t(), b.scale, 128, gemm_blockwise.Config(128, 128, 128, 8, 4, 5),
-            torch.bfloat16, None, 128,
-        )  # fmt: skip
+    for cfg in (gemm_blockwise.Config(128, 128, 128, 8, 4, 5), gemm_blockwise.Config(128, 128, 256, 4, 3, 6)):
+        with pytest.raises(ValueError, match="Hopper"):
+            gemm_wgmma.scaled_wgmma_mm(a.qdata, b.qdata, a.scale.t(), b.scale, 128, cfg, torch.bfloat16, None, 128)
 
 
 def test_wgmma_kernel_compiles_for_sm90():
@@ -234,7 +233,10 @@ def test_wgmma_kernel_compiles_for_sm90():
     if not gemm_wgmma.HAS_GLUON:
         pytest.skip("this Triton has no Gluon")
     cfgs = [[128, 128, 128, 8, 4, 128, True], [64, 128, 128, 4, 6, 128, True], [128, 128, 256, 8, 3, 32, False]]
-    for (bm, bn, bk, warps, stages, slice_k, scalar), r in zip(cfgs, compile_for_sm90("wgmma", cfgs)):
+    # the warp-specialized persistent loop (variant 6): MX, blockwise, blockwise grad-weight (per column)
+    cfgs += [[128, 128, 256, 4, 3, 32, False, True], [128, 128, 128, 4, 5, 128, True, True]]
+    cfgs += [[128, 128, 128, 4, 6, 128, False, True]]
+    for (bm, bn, bk, warps, stages, slice_k, scalar, *_), r in zip(cfgs, compile_for_sm90("wgmma", cfgs)):
         assert r["wgmma"] >= bk // slice_k and r["waits"] > 0
         assert r["shared"] <= 227 * 1024  # fits an H100's shared memory
 

@@ -185,9 +185,11 @@ def _candidates(m: int, n: int, k: int, tma: bool, wgmma: bool = False) -> list[
             Config(128, 128, 128, 8, 4, 2),
             Config(128, 128, 128, 8, 3, 2),
         ]
-    if wgmma and m > 256:  # ``wgmma``: variant 5 can run (``gemm_wgmma.wgmma_ok``)
-        # level with variant 1 on 128x128 weight blocks, 1.5-1.7x it on per-column scales (grad-weight)
-        tmas = [Config(128, 128, 256, 8, 3, 5)] + tmas
+    if wgmma and m > 256:  # ``wgmma``: variants 5 and 6 can run (``gemm_wgmma.wgmma_ok``)
+        # variant 6 (warp-specialized, persistent): 1.13-1.17x variant 5 at large M on an H200, with
+        # 128x128 weight blocks and per-column scales (grad-weight) alike; variant 5 was level with
+        # variant 1 on the first, 1.5-1.7x it on the second
+        tmas = [Config(128, 128, 256, 4, 3, 6), Config(128, 128, 256, 8, 3, 5)] + tmas
     return tmas + ptr if tma else ptr
 
 
@@ -436,7 +438,7 @@ def blockwise_mm(
     def launch(c: Config) -> torch.Tensor:
         meta = c.meta
         bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
-        if c.variant == 5:
+        if c.variant in (5, 6):  # the Gluon wgmma loops (gemm_wgmma)
             return _launch_wgmma(qa, sa, qb, sb, scale_n, c, out_dtype, bias)
         o, split = split_k_output(m, n, c.split_k, out_dtype, qa.device)
         grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn), split)
