@@ -138,7 +138,7 @@ def bench_shape(m: int, n: int, k: int, graph: bool) -> list[dict]:
         try:
             ms = time_ms(fn, graph)
             row.update(ms=ms, tflops=flop / ms / 1e9)
-            if not graph and (what.endswith(" raw") or what.endswith(" breccia")):
+            if not graph and what.endswith((" raw", " breccia", " triton")):
                 # eager times include Python dispatch; a graph replay shows
                 # the GPU-side cost alone (the router's extra kernels)
                 row["ms_graph"] = time_ms(fn, True)

@@ -4,6 +4,7 @@ against emulations of cuBLAS's contract, and which route a pair of operands
 takes on a (mocked) GPU."""
 
 import os
+import re
 
 os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
 
@@ -220,6 +221,18 @@ def test_blockwise_wgmma_variant_needs_a_hopper_gpu():
     assert not gemm_wgmma.wgmma_ok(a.qdata, b.qdata)
     for cfg in (gemm_blockwise.Config(128, 128, 128, 8, 4, 5), gemm_blockwise.Config(128, 128, 256, 4, 3, 6)):
         with pytest.raises(ValueError, match="Hopper"):
+            gemm_wgmma.scaled_wgmma_mm(a.qdata, b.qdata, a.scale.t(), b.scale, 128, cfg, torch.bfloat16, None, 128)
+
+
+def test_warp_specialized_variant_needs_its_tile(monkeypatch):
+    """Variant 6 splits a 128-row tile over two 4-warp consumer warpgroups:
+    any other BM or warp count is refused before launch, naming the config."""
+    from breccia.kernels.triton import gemm_wgmma
+
+    monkeypatch.setattr(gemm_wgmma, "wgmma_ok", lambda qa, qb: True)
+    a, b = operands(BLOCK, 64, 128, 256)
+    for cfg in (gemm_blockwise.Config(64, 128, 256, 4, 3, 6), gemm_blockwise.Config(128, 128, 256, 8, 3, 6)):
+        with pytest.raises(ValueError, match=re.escape(repr(cfg))):
             gemm_wgmma.scaled_wgmma_mm(a.qdata, b.qdata, a.scale.t(), b.scale, 128, cfg, torch.bfloat16, None, 128)
 
 

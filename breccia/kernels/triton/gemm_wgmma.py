@@ -34,6 +34,7 @@ interpreter.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -73,13 +74,34 @@ def wgmma_ok(qa: torch.Tensor, qb: torch.Tensor) -> bool:
     aligned rows (TMA)."""
     if not HAS_GLUON or interpreting() or qa.device.type != "cuda":
         return False
-    if torch.cuda.get_device_capability(qa.device) != (9, 0):
+    if _device_facts(qa.device)[0] != (9, 0):
         return False
     if qa.dtype not in _GL_FP8 or qb.dtype not in _GL_FP8:
         return False
     qbt = qb.t()
     return all(
         t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0 for t in (qa, qbt)
+    )
+
+
+# Per-call host work is cached: at 4096^3 a launch's Python cost is as long as the kernel.
+
+
+@functools.lru_cache(maxsize=None)
+def _device_facts(device: torch.device) -> tuple[tuple[int, int], int]:
+    """(capability, SM count) of a CUDA device."""
+    props = torch.cuda.get_device_properties(device)
+    return (props.major, props.minor), props.multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_layouts(bm: int, bn: int, bk: int, a_dtype: torch.dtype, b_dtype: torch.dtype) -> tuple:
+    """The swizzled shared layouts of the A (bm, bk) and B^T (bn, bk) tiles,
+    and the flat one of the fp32 scale rows."""
+    return (
+        gl.NVMMASharedLayout.get_default_for([bm, bk], getattr(gl, _GL_FP8[a_dtype])),
+        gl.NVMMASharedLayout.get_default_for([bn, bk], getattr(gl, _GL_FP8[b_dtype])),
+        gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2),
     )
 
 
@@ -412,11 +434,9 @@ def scaled_wgmma_mm(
     n = qb.shape[1]
     kb = triton.cdiv(k, slice_k)
     qbt = qb.t()
-    a_layout = gl.NVMMASharedLayout.get_default_for([bm, bk], getattr(gl, _GL_FP8[qa.dtype]))
-    b_layout = gl.NVMMASharedLayout.get_default_for([bn, bk], getattr(gl, _GL_FP8[qb.dtype]))
+    a_layout, b_layout, flat = _smem_layouts(bm, bn, bk, qa.dtype, qb.dtype)
     a_desc = _GluonDescriptor(qa, [m, k], [qa.stride(0), 1], [bm, bk], a_layout)
     b_desc = _GluonDescriptor(qbt, [n, k], [qbt.stride(0), 1], [bn, bk], b_layout)
-    flat = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
     sa_desc = _GluonDescriptor(sa_t, [kb, m], [sa_t.stride(0), 1], [bk // slice_k, bm], flat)
     scalar = sb_block_n > 1
     sb_desc = sa_desc if scalar else _GluonDescriptor(sb, [kb, n], [sb.stride(0), 1], [bk // slice_k, bn], flat)
@@ -425,8 +445,7 @@ def scaled_wgmma_mm(
     # variant 6 is persistent, one program an SM; its 12 warps (two consumer warpgroups and the
     # loader's) at 168 registers fill the register file, the loader then hands its share to
     # the consumers (240 each)
-    sms = torch.cuda.get_device_properties(qa.device).multi_processor_count
-    _scaled_wgmma_kernel[(min(tiles, sms) if ws else tiles,)](
+    _scaled_wgmma_kernel[(min(tiles, _device_facts(qa.device)[1]) if ws else tiles,)](
         a_desc, b_desc, sa_desc, sb_desc, sb, out, bias if bias is not None else out, m, n, k,
         out.stride(0), out.stride(1), sb.stride(0), sb.stride(1),
         SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=max(sb_block_n, 1), HAS_BIAS=bias is not None,
