@@ -47,6 +47,7 @@ from breccia.demo import environment_line, write_text_atomic
 from breccia.kernels.triton import quantize as tq
 from breccia.kernels.triton.quant_math import e4m3_reciprocal
 from breccia.quantize import block_for, quantize_reference, scale_grid_shape
+from breccia.testing import edge_values, near_fp8_midpoints, near_nvfp4_midpoints
 
 from results_path import result_path  # noqa: E402  (benchmarks/ is on sys.path)
 
@@ -81,44 +82,8 @@ SPECS = [
 ]
 
 
-def _edge(m: int, k: int, dev: str, seed: int) -> torch.Tensor:
-    """fp32 rows of special blocks: zeros, subnormals (MX byte 0), tiny, huge,
-    exact powers of two, e4m3 boundaries, signed zeros."""
-    g = torch.Generator(device=dev).manual_seed(seed)
-    x = torch.randn(m, k, device=dev, generator=g)
-    r = torch.arange(m, device=dev)
-    x[r % 11 == 0] = 0.0
-    x[r % 11 == 1] *= 1e-40  # subnormal blocks
-    x[r % 11 == 2] *= 3e-39
-    x[r % 11 == 3] *= 1e-30
-    x[r % 11 == 4] *= 3e37
-    x[r % 11 == 5] = torch.exp2(torch.randint(-20, 20, (k,), device=dev, generator=g).float())
-    x[r % 11 == 6] = 448.0 * (1 + torch.randint(-3, 4, (k,), device=dev, generator=g).float() / 32)
-    x[r % 11 == 7] = -0.0
-    x[r % 11 == 8, ::7] = 1.401298464324817e-45  # smallest subnormal
-    return x
-
-
-def _near_midpoints(m: int, k: int, dev: str, seed: int) -> torch.Tensor:
-    """Every 128-row and 128-column block holds the amax 3.3; the rest lie
-    within 3 fp32 ulps of ``mid * s``, ``mid`` an e4m3 rounding midpoint and
-    ``s`` the e4m3 amax scale: where a quotient one ulp off rounds the other
-    way (the kernels divide through a reciprocal and an fma correction)."""
-    g = torch.Generator(device=dev).manual_seed(seed)
-    amax = 3.3
-    s = quantize_reference(torch.tensor([[amax]]), breccia.Float8CurrentScaling().spec("input")).scale.item()
-    vals = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double()
-    vals = vals[torch.isfinite(vals) & (vals >= 0)].unique().to(dev)
-    mids = (vals[1:] + vals[:-1]) / 2
-    near = (mids[torch.randint(0, mids.numel(), (m, k), device=dev, generator=g)] * s).float()
-    ulps = torch.randint(-3, 4, (m, k), device=dev, generator=g, dtype=torch.int32)
-    near = (near.view(torch.int32) + ulps).view(torch.float32)
-    near = torch.where(torch.rand(m, k, device=dev, generator=g) < 0.5, -near, near)
-    near = torch.where(near.abs() < amax, near, 0.0)
-    near[::97, 1::3] = -0.0
-    near[:, ::128] = amax
-    near[::128, :] = amax
-    return near
+#: the spec whose scale and rounding midpoints place the near-midpoint input (amax 3.3)
+_E4M3 = breccia.Float8CurrentScaling().spec("input")
 
 
 def _inputs(small: bool, dev: str) -> list[tuple[str, torch.Tensor, bool]]:
@@ -133,8 +98,8 @@ def _inputs(small: bool, dev: str) -> list[tuple[str, torch.Tensor, bool]]:
     z = torch.randn(*rag, device=dev, generator=g)
     chi = (torch.randn(3, *rag, device=dev, generator=g) ** 2).sum(0)
     out.append((f"student-t {rag[0]}x{rag[1]} fp32", z / torch.sqrt(chi / 3), False))
-    out.append((f"edge values {rag[0]}x{rag[1]} fp32", _edge(*rag, dev, 1), False))
-    out.append((f"near e4m3 midpoints {rag[0]}x{rag[1]} fp32", _near_midpoints(*rag, dev, 2), False))
+    out.append((f"edge values {rag[0]}x{rag[1]} fp32", edge_values(*rag, dev, 1), False))
+    out.append((f"near e4m3 midpoints {rag[0]}x{rag[1]} fp32", near_fp8_midpoints(_E4M3, 3.3, *rag, dev, 2), False))
     out.append((f"tiny tensor (1e-39) {rag[0]}x{rag[1]} fp32", torch.randn(*rag, device=dev, generator=g) * 1e-39, False))
     nan = torch.randn(*rag, device=dev, generator=g)
     nan[3, 5] = float("nan")
@@ -350,39 +315,6 @@ def _e4m3_reciprocal_kernel(b_ptr, o_ptr, N, NATIVE: tl.constexpr, BLOCK: tl.con
     tl.store(o_ptr + offs, e4m3_reciprocal(tl.load(b_ptr + offs, mask=m, other=1.0), NATIVE), mask=m)
 
 
-def _nvfp4_near_midpoints(spec, t_amax: float, m: int, k: int, dev: str, seed: int) -> torch.Tensor:
-    """Block amaxes putting ``amax / 6 / g`` within 3 fp32 ulps of e4m3
-    rounding midpoints, the other elements putting ``x * recip`` within 3
-    ulps of e2m1 ones (``recip`` the reference's), for the given amax
-    ``t_amax``: where an NVFP4 block division one ulp off rounds the other way."""
-    g = torch.Generator(device=dev).manual_seed(seed)
-    amax = torch.tensor(t_amax, device=dev)
-    gs = quantize_reference(torch.zeros(1, 16, device=dev), spec, amax=amax).global_scale.double()
-    e4 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double().to(dev)
-    e4 = e4[torch.isfinite(e4) & (e4 >= 2.0**-6)].unique()
-    rows = 16 if spec.block[-2] == 16 else 1
-    grid = (m // rows, k // 16)
-
-    def nudge(v: torch.Tensor) -> torch.Tensor:  # +-3 fp32 ulps
-        ulps = torch.randint(-3, 4, v.shape, device=dev, generator=g, dtype=torch.int32)
-        return (v.float().view(torch.int32) + ulps).view(torch.float32)
-
-    def spread(t: torch.Tensor) -> torch.Tensor:  # per block -> per element
-        return t.repeat_interleave(rows, 0).repeat_interleave(16, 1)
-
-    mids = (e4[1:] + e4[:-1]) / 2
-    bamax = nudge(mids[torch.randint(0, mids.numel(), grid, device=dev, generator=g)] * 6 * gs)
-    x = torch.zeros(m, k, device=dev)
-    x[::rows, ::16] = bamax
-    ref = quantize_reference(x, spec, amax=amax)
-    recip = (1.0 / ref.global_scale) / spread(ref.scale.float())
-    e2 = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], dtype=torch.float64, device=dev)
-    near = nudge(e2[torch.randint(0, 7, (m, k), device=dev, generator=g)] / recip.double())
-    near = torch.where(torch.rand(m, k, device=dev, generator=g) < 0.5, -near, near)
-    near = torch.where(near.abs() < spread(bamax), near, 0.0)
-    return torch.where(x != 0, x, near)
-
-
 def check_nvfp4_divisions(small: bool, dev: str) -> list[dict]:
     """The NVFP4 block divisions: ``e4m3_reciprocal`` (approximate reciprocal
     and a Newton step) against float32 ``1 / b`` for every positive normal
@@ -406,7 +338,7 @@ def check_nvfp4_divisions(small: bool, dev: str) -> list[dict]:
                                 ("nvfp4 16x16", breccia.NVFP4BlockScaling(weight_block=(16, 16)), "weight")]:
         spec = recipe.spec(role)
         for t_amax in (1.37, 3.1e-20, 7.7e25, 1e-33):
-            x = _nvfp4_near_midpoints(spec, t_amax, m, k, dev, 3)
+            x = near_nvfp4_midpoints(spec, t_amax, m, k, dev, 3)
             amax = torch.tensor(t_amax, device=dev)
             got = tq.quantize(x, spec, amax=amax)
             rows.append({"spec": label + ", given amax", "input": f"near e4m3 / e2m1 midpoints, amax {t_amax:g}",

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 import breccia  # noqa: E402
 from breccia import formats  # noqa: E402
 from breccia.quantize import _round_up_to, block_for, quantize_reference, scale_grid_shape  # noqa: E402
+from breccia.testing import edge_values, near_fp8_midpoints, near_nvfp4_midpoints  # noqa: E402
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -216,46 +217,6 @@ def test_many_tiles(label):
     assert_bit_exact(tq.quantize(x, spec, config=cfg), quantize_reference(x, spec))
 
 
-def _edge(m, k):
-    x = torch.randn(m, k, generator=gen(4))
-    r = torch.arange(m)
-    x[r % 9 == 0] = 0.0  # zero blocks
-    x[r % 9 == 1] *= 1e-40  # subnormal blocks: e8m0 byte 0 (2**-127)
-    x[r % 9 == 2] *= 1e-30
-    x[r % 9 == 3] *= 3e37  # near the top of fp32
-    x[r % 9 == 4] = torch.exp2(torch.randint(-30, 30, (k,), generator=gen(5)).float())
-    x[r % 9 == 5] = 448.0 * (1 + torch.randint(-3, 4, (k,), generator=gen(6)).float() / 32)
-    x[r % 9 == 6] = -0.0
-    x[r % 9 == 7, ::5] = 1.401298464324817e-45
-    return x
-
-
-def _near_midpoints(spec, amax, m=130, k=200):
-    """``x`` whose every block (rowwise and columnwise) holds ``amax``, the
-    rest fp32 values within 3 ulps of ``mid * s`` for the FP8 midpoints
-    ``mid`` (where an inexact quotient would round the other way), the
-    scale ``s`` being the reference's; signed zeros and subnormals among them."""
-    x = torch.zeros(m, k)
-    x[::128, :] = amax
-    x[:, ::128] = amax
-    s = quantize_reference(x, spec).scale.reshape(-1)[0].double()
-    vals = torch.arange(256, dtype=torch.uint8).view(spec.fmt.storage).double()
-    vals = vals[torch.isfinite(vals) & (vals >= 0)].unique()
-    mids = (vals[1:] + vals[:-1]) / 2
-    pick = mids[torch.randint(0, mids.numel(), (m, k), generator=gen(30))]
-    near = (pick * s).float()
-    near = (near.view(torch.int32) + torch.randint(-3, 4, (m, k), generator=gen(31), dtype=torch.int32)).view(
-        torch.float32)
-    near = torch.where(torch.rand(m, k, generator=gen(32)) < 0.5, -near, near)
-    near = torch.where(near.abs() < amax, near, 0.0)
-    r = torch.rand(m, k, generator=gen(33))
-    near[r < 0.02] = -0.0
-    near[(r >= 0.02) & (r < 0.03)] = -1.401298464324817e-45
-    near[(r >= 0.03) & (r < 0.04)] = 1e-39
-    keep = x != 0
-    return torch.where(keep, x, near)
-
-
 @pytest.mark.parametrize("amax", [1.0, 3.7e-20, 5e30, 1e-25], ids=["one", "small", "huge", "tiny_scale"])
 @pytest.mark.parametrize("label", ["tensor_e4m3", "tensor_e5m2", "delayed_margin", "row", "1x128", "1x128_e5m2",
                                    "128x128"])
@@ -266,7 +227,7 @@ def test_division_near_fp8_midpoints(label, amax):
     quotient sits next to an FP8 rounding midpoint, for -0.0 and subnormal
     inputs, and through the ``div_rn`` fallback of a tiny scale."""
     spec = spec_of(label)
-    x = _near_midpoints(spec, amax)
+    x = near_fp8_midpoints(spec, amax, seed=30)
     check(x, label)
     if tq.supports_rowcol(x, spec):
         rows, cols = tq.quantize_rowwise_and_columnwise(x, spec)
@@ -277,7 +238,7 @@ def test_division_near_fp8_midpoints(label, amax):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("label", sorted(SPECS), ids=sorted(SPECS))
 def test_edge_values(label, dtype):
-    check(_edge(40, 272).to(dtype), label)
+    check(edge_values(40, 272, seed=4).to(dtype), label)
 
 
 @pytest.mark.parametrize("scale", [1e-39, 1e-43, 3e38], ids=["tiny", "subnormal", "huge"])
@@ -354,39 +315,6 @@ def test_division_by_largest_and_infinite_scales(margin):
                      quantize_reference(x, row, block_amax=torch.full((33, 1), 3.4e38)))
 
 
-def _nvfp4_near_midpoints(label, t_amax, m=64, k=256):
-    """``x`` for a given global amax ``t_amax`` whose block amaxes put each
-    block scale ``amax / 6 / g`` within 3 fp32 ulps of an e4m3 rounding
-    midpoint, and whose other elements put ``x * recip`` within 3 ulps of an
-    e2m1 one (``recip`` the reference's reciprocal of the combined scale):
-    where a division off by an ulp would round the other way."""
-    spec = spec_of(label)
-    amax = torch.tensor(t_amax)
-    g = quantize_reference(torch.zeros(1, 16), spec, amax=amax).global_scale.double()
-    e4 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double()
-    e4 = e4[torch.isfinite(e4) & (e4 >= 2.0**-6)].unique()
-    mids = (e4[1:] + e4[:-1]) / 2
-    rows = 16 if label == "nvfp4_16x16" else 1
-    nb = (m // rows, k // 16)
-    pick = mids[torch.randint(0, mids.numel(), nb, generator=gen(37))]
-    bamax = (pick * 6 * g).float()
-    bamax = (bamax.view(torch.int32) + torch.randint(-3, 4, nb, generator=gen(38), dtype=torch.int32)).view(
-        torch.float32)
-    x = torch.zeros(m, k)
-    x[::rows, ::16] = bamax
-    ref = quantize_reference(x, spec, amax=amax)
-    bsf = ref.scale.float().repeat_interleave(rows, 0).repeat_interleave(16, 1)
-    recip = (1.0 / ref.global_scale) / bsf  # float32, as the reference computes it
-    e2 = torch.tensor(formats._E2M1_VALUES, dtype=torch.float64)
-    pick = ((e2[1:] + e2[:-1]) / 2)[torch.randint(0, 7, (m, k), generator=gen(39))]
-    near = (pick / recip.double()).float()
-    near = (near.view(torch.int32) + torch.randint(-3, 4, (m, k), generator=gen(40), dtype=torch.int32)).view(
-        torch.float32)
-    near = torch.where(torch.rand(m, k, generator=gen(41)) < 0.5, -near, near)
-    near = torch.where(near.abs() < bamax.repeat_interleave(rows, 0).repeat_interleave(16, 1), near, 0.0)
-    return torch.where(x != 0, x, near)
-
-
 @pytest.mark.parametrize("t_amax", [1.37, 3.1e-20, 7.7e25, 1e-33], ids=["one", "small", "huge", "slow_path"])
 @pytest.mark.parametrize("label", ["nvfp4", "nvfp4_16x16"])
 def test_nvfp4_division_near_midpoints(label, t_amax):
@@ -394,7 +322,7 @@ def test_nvfp4_division_near_midpoints(label, t_amax):
     e2m1 ones: the NVFP4 block divisions (reciprocals with an fma correction,
     or ``div_rn`` for a global scale under 2**-90) bit-exact against the
     reference's."""
-    check(_nvfp4_near_midpoints(label, t_amax), label, amax=torch.tensor(t_amax))
+    check(near_nvfp4_midpoints(spec_of(label), t_amax, seed=37), label, amax=torch.tensor(t_amax))
 
 
 @pytest.mark.parametrize("g_exp", [-91, -90, -60, 99, 100, 101])
@@ -459,7 +387,7 @@ def test_long_rows_loop(monkeypatch):
                          ids=["2d_tile", "3d_tile", "two_pass", "two_pass_narrow"])
 def test_rowwise_and_columnwise(recipe, role, impl, width):
     spec = recipe.spec(role)
-    x = _edge(150, 200).bfloat16()
+    x = edge_values(150, 200, seed=4).bfloat16()
     rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, config=tq.Config(impl, width, 4))
     assert_bit_exact(rows, quantize_reference(x, spec))
     assert cols.qdata.shape == (200, 150)
@@ -472,7 +400,7 @@ def test_tensorwise_rowwise_and_columnwise(label, tile):
     """Tensorwise FP8 cast once, stored as x (M, K) and as x.T (K, M), with
     the amax pass and with a given amax; ragged tiles at the edges."""
     spec = spec_of(label)
-    for x, amax in ((_edge(50, 70).bfloat16(), None), (torch.randn(50, 70, generator=gen(17)), None),
+    for x, amax in ((edge_values(50, 70, seed=4).bfloat16(), None), (torch.randn(50, 70, generator=gen(17)), None),
                     (torch.randn(50, 70, generator=gen(18)).half(), torch.tensor(3.0))):
         rows, cols = tq.quantize_rowwise_and_columnwise(x, spec, amax, config=tq.Config(*tile))
         assert_bit_exact(rows, quantize_reference(x, spec, amax=amax))
