@@ -68,11 +68,11 @@ def _operands(kind: str, m: int, n: int, k: int):
     return a, wq.t(), ("cuBLAS blockwise", lambda: F.linear(a, wq))
 
 
-def _runner(kind: str, a, b, cfg: Config, out_dtype=torch.bfloat16) -> Callable[[], torch.Tensor]:
+def _runner(kind: str, a, b, cfg: Config, out_dtype=torch.bfloat16, bias=None) -> Callable[[], torch.Tensor]:
     if kind == "mxfp8":
-        return lambda: mx_mm(a.qdata, a.scale, b.qdata, b.scale, out_dtype, config=cfg)
+        return lambda: mx_mm(a.qdata, a.scale, b.qdata, b.scale, out_dtype, bias, config=cfg)
     scale_n = cuda_routes._scale_n(b)
-    return lambda: blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, out_dtype, config=cfg, scale_n=scale_n)
+    return lambda: blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, out_dtype, bias, config=cfg, scale_n=scale_n)
 
 
 def run(kind: str, m: int, n: int, k: int, timed: bool) -> list[dict]:
@@ -93,8 +93,11 @@ def run(kind: str, m: int, n: int, k: int, timed: bool) -> list[dict]:
         fn = _runner(kind, a, b, cfg)
         try:
             out = _runner(kind, a, b, cfg, torch.float32)()  # fp32 out: the error is the kernel's, not bf16's
-            torch.cuda.synchronize()
             row["rel_err"] = ((out - ref).norm() / ref.norm()).item()
+            if not timed:  # the fused bias too, at the check shapes
+                bias = torch.randn(n, device="cuda", generator=torch.Generator(device="cuda").manual_seed(n))
+                out = _runner(kind, a, b, cfg, torch.float32, bias)()
+                row["rel_err_bias"] = ((out - ref - bias).norm() / (ref + bias).norm()).item()
             if timed:
                 ms = triton.testing.do_bench(fn)
                 row.update(ms=ms, tflops=flop / ms / 1e9, vs_peer=peer_ms / ms)
@@ -106,14 +109,14 @@ def run(kind: str, m: int, n: int, k: int, timed: bool) -> list[dict]:
 
 
 def _table(rows: list[dict]) -> str:
-    keys = ["kind", "shape", "what", "ms", "tflops", "vs_peer", "rel_err", "error"]
+    keys = ["kind", "shape", "what", "ms", "tflops", "vs_peer", "rel_err", "rel_err_bias", "error"]
     keys = [k for k in keys if any(k in r for r in rows)]
     out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         cells = []
         for k in keys:
             v = r.get(k, "")
-            cells.append(f"{v:.2e}" if k == "rel_err" and v != "" else f"{v:.4g}" if isinstance(v, float) else str(v))
+            cells.append(f"{v:.2e}" if k.startswith("rel_err") and v != "" else f"{v:.4g}" if isinstance(v, float) else str(v))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -137,7 +140,9 @@ def main() -> int:
         f"_{environment_line('cuda')} · triton {triton.__version__} · `python benchmarks/tune_wgmma.py`_\n\n"
         "`vs_peer`: the peer's time / this config's (MXFP8: bf16 `F.linear`; blockwise: cuBLAS blockwise "
         "through breccia's route; grad-weight: cuBLAS 1x128 x 1x128). `rel_err`: the config with an fp32 "
-        "output against dequantize-both fp32 matmul; times are for a bf16 output. Configs: BMxBNxBK, warps (variant 6: a consumer warpgroup's), stages, variant.\n\n"
+        "output against dequantize-both fp32 matmul (`rel_err_bias`: with a fused fp32 bias, at the check "
+        "shapes); times are for a bf16 output. Configs: BMxBNxBK, warps (variant 6: a consumer "
+        "warpgroup's), stages, variant.\n\n"
         + _table(rows) + "\n"
     )
     print(text)
