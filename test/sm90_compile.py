@@ -57,7 +57,7 @@ def compile_config(
     const.update(WARPS_N=1 if ws else (16 * warps) // bm, GROUP_M=8, WS=ws, CONSUMER_REGS=240, num_warps=warps)
     kernel = _compile_sm90(gemm_wgmma._scaled_wgmma_kernel, sig, const, warps, **({"maxnreg": 168} if ws else {}))
     ptx = kernel.asm["ptx"]
-    if os.environ.get("SM90_DUMP"):  # inspection: PTX and SASS next to the given path
+    if os.environ.get("SM90_DUMP"):  # inspection: the PTX, written to $SM90_DUMP.ptx
         open(os.environ["SM90_DUMP"] + ".ptx", "w").write(ptx)
     return {"wgmma": ptx.count("wgmma.mma_async"), "waits": ptx.count("wgmma.wait_group"),
             "shared": kernel.metadata.shared}  # fmt: skip
