@@ -133,24 +133,22 @@ if HAS_GLUON:
         return (first_m + (tile % per_group) % size_m) * BLOCK_M, ((tile % per_group) // size_m) * BLOCK_N
 
     @gluon.jit
-    def _load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
-                   step, n_k, off_m, off_n, SUB: gl.constexpr, SB_SCALAR: gl.constexpr,
-                   STAGES: gl.constexpr):  # fmt: skip
-        """TMA loads of K step ``step`` (payload tiles and their scales) into
-        its ring slot, if the step exists."""
+    def _load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready, slot, kt, ok,
+                   off_m, off_n, SB_SCALAR: gl.constexpr):  # fmt: skip
+        """TMA loads of K step ``kt`` (payload tiles and their scales) into
+        ring slot ``slot``, if ``ok``."""
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-        slot = step % STAGES
-        ok = step < n_k
+        SUB: gl.constexpr = sa_smem.shape[1]
         bar = ready.index(slot)
         nbytes: gl.constexpr = a_desc.block_type.nbytes + b_desc.block_type.nbytes + sa_desc.block_type.nbytes
         if SB_SCALAR:
             mbarrier.expect(bar, nbytes, pred=ok)
         else:
             mbarrier.expect(bar, nbytes + sb_desc.block_type.nbytes, pred=ok)
-            _tma_load(sb_desc, [step * SUB, off_n], bar, sb_smem.index(slot), pred=ok)
-        _tma_load(a_desc, [off_m, step * BLOCK_K], bar, a_smem.index(slot), pred=ok)
-        _tma_load(b_desc, [off_n, step * BLOCK_K], bar, b_smem.index(slot), pred=ok)
-        _tma_load(sa_desc, [step * SUB, off_m], bar, sa_smem.index(slot), pred=ok)
+            _tma_load(sb_desc, [kt * SUB, off_n], bar, sb_smem.index(slot), pred=ok)
+        _tma_load(a_desc, [off_m, kt * BLOCK_K], bar, a_smem.index(slot), pred=ok)
+        _tma_load(b_desc, [off_n, kt * BLOCK_K], bar, b_smem.index(slot), pred=ok)
+        _tma_load(sa_desc, [kt * SUB, off_m], bar, sa_smem.index(slot), pred=ok)
 
     # a ring of scale rows (STAGES, SUB, R) viewed flat (STAGES * SUB, R), one row per slice
     # (the method lost its underscore in later Triton releases)
@@ -182,6 +180,25 @@ if HAS_GLUON:
             sb = _slice_rows(sb_smem).index(g).load(cols)
             out = acc + p * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0))
         return out
+
+    @gluon.jit
+    def _weight_scale_start(sb_ptr, off_n, stride_sbn, R: gl.constexpr, SB_BLOCK_N: gl.constexpr,
+                            SB_SCALAR: gl.constexpr, rows: gl.constexpr):  # fmt: skip
+        """``(sb_row_ptr, sb_next)`` for :func:`_k_step` at a tile's first K
+        step: the weight scales' pointer broadcast over ``R`` rows, and (with
+        ``SB_SCALAR``) slice 0's scale."""
+        sb_row_ptr = sb_ptr + (off_n // SB_BLOCK_N) * stride_sbn + gl.zeros([R], gl.int32, rows)
+        sb_next = gl.zeros([R], gl.float32, rows)
+        if SB_SCALAR:
+            sb_next = gl.load(sb_row_ptr)
+        return sb_row_ptr, sb_next
+
+    @gluon.jit
+    def _add_bias(acc, bias_ptr, off_n, N, cols: gl.constexpr):
+        """``acc`` plus the bias of its columns (from ``off_n``), in fp32."""
+        rn = off_n + gl.arange(0, acc.shape[1], layout=cols)
+        bias = gl.load(bias_ptr + rn, mask=rn < N, other=0.0)
+        return acc + gl.expand_dims(bias.to(gl.float32), 0)
 
     @gluon.jit
     def _k_step(acc, a_s, b_s, sa_smem, sb_smem, g_ring, g, row0: gl.constexpr, zero, sb_next, sb_row_ptr,
@@ -236,12 +253,9 @@ if HAS_GLUON:
         cols: gl.constexpr = gl.SliceLayout(0, mma)
         n_k = gl.cdiv(K, BLOCK_K)
         for i in gl.static_range(STAGES):
-            _load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
-                       i, n_k, off_m, off_n, SUB, SB_SCALAR, STAGES)  # fmt: skip
-        sb_row_ptr = sb_ptr + (off_n // SB_BLOCK_N) * stride_sbn + gl.zeros([BLOCK_M], gl.int32, rows)
-        sb_next = gl.zeros([BLOCK_M], gl.float32, rows)
-        if SB_SCALAR:
-            sb_next = gl.load(sb_row_ptr)
+            _load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready, i % STAGES, i,
+                       i < n_k, off_m, off_n, SB_SCALAR)  # fmt: skip
+        sb_row_ptr, sb_next = _weight_scale_start(sb_ptr, off_n, stride_sbn, BLOCK_M, SB_BLOCK_N, SB_SCALAR, rows)
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
         zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
         for kt in range(n_k):
@@ -254,14 +268,12 @@ if HAS_GLUON:
             cta_barrier()
             fence_async_shared()
             _load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready,
-                       kt + STAGES, n_k, off_m, off_n, SUB, SB_SCALAR, STAGES)  # fmt: skip
+                       (kt + STAGES) % STAGES, kt + STAGES, kt + STAGES < n_k, off_m, off_n, SB_SCALAR)  # fmt: skip
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
         if HAS_BIAS:
-            rn = off_n + gl.arange(0, BLOCK_N, layout=cols)
-            bias = gl.load(bias_ptr + rn, mask=rn < N, other=0.0)
-            acc = acc + gl.expand_dims(bias.to(gl.float32), 0)
+            acc = _add_bias(acc, bias_ptr, off_n, N, cols)
         out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         out = gl.convert_layout(acc.to(c_ptr.dtype.element_ty), out_layout)
         om = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))
@@ -278,10 +290,8 @@ if HAS_GLUON:
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         STAGES: gl.constexpr = a_smem.shape[0]
-        SUB: gl.constexpr = sa_smem.shape[1]
         n_k = gl.cdiv(K, BLOCK_K)
         num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
-        nbytes: gl.constexpr = a_desc.block_type.nbytes + b_desc.block_type.nbytes + sa_desc.block_type.nbytes
         it = 0
         for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
             off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -289,15 +299,8 @@ if HAS_GLUON:
                 slot = it % STAGES
                 # a fresh mbarrier counts as having completed the phase before phase 0
                 mbarrier.wait(empty.index(slot), ((it // STAGES) & 1) ^ 1)
-                bar = ready.index(slot)
-                if SB_SCALAR:
-                    mbarrier.expect(bar, nbytes)
-                else:
-                    mbarrier.expect(bar, nbytes + sb_desc.block_type.nbytes)
-                    _tma_load(sb_desc, [kt * SUB, off_n], bar, sb_smem.index(slot))
-                _tma_load(a_desc, [off_m, kt * BLOCK_K], bar, a_smem.index(slot))
-                _tma_load(b_desc, [off_n, kt * BLOCK_K], bar, b_smem.index(slot))
-                _tma_load(sa_desc, [kt * SUB, off_m], bar, sa_smem.index(slot))
+                _load_step(a_desc, b_desc, sa_desc, sb_desc, a_smem, b_smem, sa_smem, sb_smem, ready, slot, kt, True,
+                           off_m, off_n, SB_SCALAR)  # fmt: skip
                 it += 1
 
     @gluon.jit
@@ -325,10 +328,7 @@ if HAS_GLUON:
         it = 0
         for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
             off_m, off_n = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            sb_row_ptr = sb_ptr + (off_n // SB_BLOCK_N) * stride_sbn + gl.zeros([HALF], gl.int32, rows)
-            sb_next = gl.zeros([HALF], gl.float32, rows)
-            if SB_SCALAR:
-                sb_next = gl.load(sb_row_ptr)
+            sb_row_ptr, sb_next = _weight_scale_start(sb_ptr, off_n, stride_sbn, HALF, SB_BLOCK_N, SB_SCALAR, rows)
             acc = gl.zeros([HALF, BLOCK_N], gl.float32, mma)
             for kt in range(n_k):
                 slot = it % STAGES
@@ -340,9 +340,7 @@ if HAS_GLUON:
                 mbarrier.arrive(empty.index(slot), count=1)
                 it += 1
             if HAS_BIAS:
-                rn = off_n + gl.arange(0, BLOCK_N, layout=cols)
-                bias = gl.load(bias_ptr + rn, mask=rn < N, other=0.0)
-                acc = acc + gl.expand_dims(bias.to(gl.float32), 0)
+                acc = _add_bias(acc, bias_ptr, off_n, N, cols)
             # stored from the accumulator's layout: no shared-memory round trip
             om = off_m + WG * HALF + gl.arange(0, HALF, layout=rows)
             on = off_n + gl.arange(0, BLOCK_N, layout=cols)
