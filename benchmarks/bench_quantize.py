@@ -42,6 +42,7 @@ import triton
 
 import breccia
 from breccia.demo import environment_line
+from breccia.kernels.triton import launch
 from breccia.kernels.triton import quantize as tq
 from gpu_check_quantize import md_table, update_section
 from results_path import result_path
@@ -350,7 +351,7 @@ def host_breakdown(x: torch.Tensor) -> list[dict]:
 
     for label, fn in [
         ("plan + allocations, no launch", lambda: tq._run(x, spec, None, None, None, null_launch)),
-        ("kernel, Triton's own launch", lambda: tq._run(x, spec, None, None, None, tq._direct)),
+        ("kernel, Triton's own launch", lambda: tq._run(x, spec, None, None, None, launch.direct)),
         ("kernel, direct launch (default)", lambda: tq.quantize(x, spec)),
         ("breccia::quantize custom op", lambda: quantize_op(x, key, None, None, None)),
         ("breccia.cast", lambda: breccia.cast(x, recipe, "input")),

@@ -9,21 +9,68 @@ runs; on any device the reference in :mod:`breccia.quantize` is correct.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import functools
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from .quantize import block_for, dequantize_reference, payload_shape, quantize_reference, scale_grid_shape
 from .recipes import QuantSpec
 
-__all__ = ["quantize_op", "quantize_rowcol_op", "dequantize_op"]
+__all__ = ["quantize_op", "quantize_rowcol_op", "dequantize_op", "custom_op", "plain_eager"]
+
+
+def plain_eager(args: Sequence[Any]) -> bool:
+    """Whether a call on ``args`` runs plain eager: not under ``torch.compile``,
+    no dispatch mode (fake tensors, tracing), no functorch transform, every
+    tensor a plain ``torch.Tensor`` (no subclass: fake, functional, DTensor)
+    and none that autograd would record."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(
+        type(a) is torch.Tensor and not (grad and a.requires_grad) for a in args if isinstance(a, torch.Tensor)
+    )
+
+
+class _EagerOp:
+    """A custom op whose calls skip the dispatcher when :func:`plain_eager`
+    (the dispatcher's custom-op layer costs tens of microseconds of host time
+    a call, as long as a small kernel); anywhere else the op itself is
+    called, so tracers see it. ``op`` is the ``torch.library`` op."""
+
+    def __init__(self, op, fn: Callable) -> None:
+        self.op = op
+        self._fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args):
+        if plain_eager(args):
+            return self._fn(*args)
+        return self.op(*args)
+
+    def register_fake(self, fn: Callable) -> Callable:
+        return self.op.register_fake(fn)
+
+
+def custom_op(name: str) -> Callable[[Callable], _EagerOp]:
+    """``torch.library.custom_op(name, mutates_args=())`` (a functional op),
+    called positionally, that runs its Python body directly in plain eager
+    mode (:class:`_EagerOp`)."""
+
+    def wrap(fn: Callable) -> _EagerOp:
+        return _EagerOp(torch.library.custom_op(name, mutates_args=())(fn), fn)
+
+    return wrap
 
 
 def _empty(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype, device=x.device)
 
 
-@torch.library.custom_op("breccia::quantize", mutates_args=())
+@custom_op("breccia::quantize")
 def quantize_op(
     x: torch.Tensor,
     spec: str,
@@ -60,7 +107,7 @@ def _(x, spec, amax=None, noise=None, block_amax=None):
     return qdata, scale, gs, zp
 
 
-@torch.library.custom_op("breccia::quantize_rowcol", mutates_args=())
+@custom_op("breccia::quantize_rowcol")
 def quantize_rowcol_op(
     x: torch.Tensor, spec: str, amax: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,7 +140,7 @@ def _(x, spec, amax=None):
     return tuple(out)
 
 
-@torch.library.custom_op("breccia::dequantize", mutates_args=())
+@custom_op("breccia::dequantize")
 def dequantize_op(
     qdata: torch.Tensor,
     scale: torch.Tensor,

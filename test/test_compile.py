@@ -110,3 +110,44 @@ def test_custom_ops_pass_opcheck(name):
     st = breccia.cast(x, RECIPES[name])
     args = (st.qdata, st.scale, st.global_scale, st.zero_point, st.spec_key, list(st.block), list(st.shape), torch.float32)
     torch.library.opcheck(torch.ops.breccia.dequantize.default, args, test_utils=utils)
+
+
+def test_custom_ops_run_their_body_only_in_plain_eager(monkeypatch):
+    """Plain eager calls of breccia's custom ops skip the dispatcher (host
+    time); compiled, fake, vmapped and autograd-recorded calls reach the op,
+    and both give the same bits."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from breccia import library
+
+    op = library.quantize_op
+    direct = []
+    body = op._fn
+    monkeypatch.setattr(op, "_fn", lambda *a: direct.append(1) or body(*a))
+    key = breccia.Float8CurrentScaling(granularity="row").spec("weight").to_key()
+    x = randn(8, 64, dtype=torch.bfloat16, seed=3)
+
+    eager = op(x, key)
+    assert direct == [1]
+    via_op = op.op(x, key)
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(eager, via_op))
+
+    x.requires_grad_(True)
+    op(x, key)  # autograd would record the op: the op
+    with torch.no_grad():
+        op(x, key)  # nothing to record: direct
+    assert direct == [1, 1]
+    x.requires_grad_(False)
+
+    with FakeTensorMode() as mode:
+        q, s, _, _ = op(mode.from_tensor(x), key)
+    assert q.shape == (8, 64) and s.shape == (8, 1)
+    torch.func.vmap(lambda r: op(r, key)[0].view(torch.uint8))(x[None].expand(2, 8, 64))
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda t: op(t, key), backend=counter, fullgraph=True)
+    out = compiled(x)
+    assert counter.frame_count == 1 and direct == [1, 1]
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(out, eager))

@@ -524,11 +524,11 @@ def test_custom_ops_pass_opcheck():
     # (the schema test multiplies outputs, which fp8 tensors cannot do on the CPU)
     a, b = operands(BLOCK, 8, 16, 128)
     torch.library.opcheck(
-        cuda_routes.fp8_blockwise_mm, (a.qdata, a.scale, b.qdata, b.scale, None, torch.float32),
+        cuda_routes.fp8_blockwise_mm.op, (a.qdata, a.scale, b.qdata, b.scale, None, torch.float32),
         test_utils=("test_faketensor", "test_aot_dispatch_dynamic"),
     )
     am, bm = operands(MX, 8, 16, 128)
     torch.library.opcheck(
-        cuda_routes.mxfp8_mm, (am.qdata, am.scale, bm.qdata, bm.scale, None, torch.float32),
+        cuda_routes.mxfp8_mm.op, (am.qdata, am.scale, bm.qdata, bm.scale, None, torch.float32),
         test_utils=("test_faketensor", "test_aot_dispatch_dynamic"),
     )

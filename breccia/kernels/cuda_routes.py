@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layouts import Plain, ScaleColumnMajor, Swizzled, swizzle_scales
+from ..library import custom_op
 from ..tensor import ScaledTensor
 
 __all__ = [
@@ -251,7 +252,7 @@ def blockwise_triton_applies(a: ScaledTensor, b: ScaledTensor) -> bool:
     return cap is not None and cap >= (8, 9) and _have_triton() and _blockwise_pair(a, b)
 
 
-@torch.library.custom_op("breccia::fp8_blockwise_mm", mutates_args=())
+@custom_op("breccia::fp8_blockwise_mm")
 def fp8_blockwise_mm(
     qa: torch.Tensor,
     sa: torch.Tensor,
@@ -322,7 +323,7 @@ def mx_triton_applies(a: ScaledTensor, b: ScaledTensor) -> bool:
     )
 
 
-@torch.library.custom_op("breccia::mxfp8_mm", mutates_args=())
+@custom_op("breccia::mxfp8_mm")
 def mxfp8_mm(
     qa: torch.Tensor,
     ea: torch.Tensor,

@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 
 from ..layouts import Packed, Plain, Swizzled, relayout, swizzle_scales
+from ..library import custom_op
 from ..packing import packed_incompatibility, packed_operands
 from ..tensor import ScaledTensor
 from .cuda_routes import _have_triton, capability
@@ -76,7 +77,7 @@ def w4a16_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
     return b.block[1] == 1 and packed_incompatibility(b) is None
 
 
-@torch.library.custom_op("breccia::w4a16_mm", mutates_args=())
+@custom_op("breccia::w4a16_mm")
 def w4a16_mm(
     x: torch.Tensor,
     qdata: torch.Tensor,

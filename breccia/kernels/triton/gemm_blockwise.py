@@ -44,6 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, for_tensor
+
 __all__ = [
     "blockwise_mm",
     "Tuner",
@@ -120,10 +122,13 @@ class Tuner:
         #: what each tuning measured, (ms, config) per key (benchmarks print it)
         self.timings: dict[tuple, list[tuple[float, Config]]] = {}
 
-    def pick(self, key: tuple, cands: Sequence[Config], launch: Callable[[Config], torch.Tensor]) -> Config:
+    def pick(
+        self, key: tuple, candidates: Callable[[], Sequence[Config]], launch: Callable[[Config], torch.Tensor]
+    ) -> Config:
         cfg = self.cache.get(key)
         if cfg is not None:
             return cfg
+        cands = candidates()
         if len(cands) == 1 or interpreting() or torch.cuda.is_current_stream_capturing():
             return cands[0]
         from triton.testing import do_bench
@@ -349,7 +354,7 @@ def _check(qa, sa, qb, sb, scale_n: int) -> tuple[int, int, int]:
         )
     m, k = qa.shape
     n = qb.shape[1]
-    kb, nb = triton.cdiv(k, SCALE_BLOCK), triton.cdiv(n, scale_n)
+    kb, nb = cdiv(k, SCALE_BLOCK), cdiv(n, scale_n)
     if tuple(sa.shape) != (m, kb) or tuple(sb.shape) != (kb, nb):
         raise ValueError(
             f"blockwise_mm: expected scales sa {(m, kb)} and sb {(kb, nb)} for M, N, K = {m}, {n}, {k}, "
@@ -360,16 +365,16 @@ def _check(qa, sa, qb, sb, scale_n: int) -> tuple[int, int, int]:
     return m, n, k
 
 
-def _empty_product(m, n, k, out, bias) -> Optional[torch.Tensor]:
+def _empty_product(m, n, k, out_dtype, device, bias) -> Optional[torch.Tensor]:
     """The result when a dimension is 0, else None."""
-    if m == 0 or n == 0:
-        return out
+    if m and n and k:
+        return None
+    out = torch.empty((m, n), dtype=out_dtype, device=device)
     if k == 0:
         out.zero_()
         if bias is not None:
             out += bias.to(out.dtype)
-        return out
-    return None
+    return out
 
 
 def split_k_output(m: int, n: int, split: int, out_dtype: torch.dtype, device) -> tuple[torch.Tensor, int]:
@@ -426,7 +431,7 @@ def blockwise_mm(
     blocks, 1 for 128x1 blocks. ``config`` forces a tile config (benchmarks,
     tests); otherwise the tuner picks one."""
     m, n, k = _check(qa, sa, qb, sb, scale_n)
-    done = _empty_product(m, n, k, torch.empty((m, n), dtype=out_dtype, device=qa.device), bias)
+    done = _empty_product(m, n, k, out_dtype, qa.device, bias)
     if done is not None:
         return done
     bias_arg = bias if bias is not None else sa  # never read without HAS_BIAS
@@ -435,6 +440,7 @@ def blockwise_mm(
     from .gemm_wgmma import wgmma_ok  # imports this module
 
     use_wgmma = use_tma and wgmma_ok(qa, qb)
+    run = for_tensor(qa)
 
     def launch(c: Config) -> torch.Tensor:
         meta = c.meta
@@ -442,11 +448,11 @@ def blockwise_mm(
         if c.variant in (5, 6):  # the Gluon wgmma loops (gemm_wgmma)
             return _launch_wgmma(qa, sa, qb, sb, scale_n, c, out_dtype, bias)
         o, split = split_k_output(m, n, c.split_k, out_dtype, qa.device)
-        grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn), split)
+        grid = (cdiv(m, bm) * cdiv(n, bn), split)
         common = dict(HAS_BIAS=bias is not None and split == 1, SCALAR_SB=scale_n % bn == 0, GROUP_M=8,
                       SCALE_K=SCALE_BLOCK, SCALE_N=scale_n, **meta)  # fmt: skip
         if c.variant == 0:
-            _blockwise_kernel[grid](
+            run(_blockwise_kernel, grid)(
                 qa, qb, o, sa, sb, bias_arg, m, n, k,
                 qa.stride(0), qa.stride(1), qb.stride(0), qb.stride(1), o.stride(-2), o.stride(-1),
                 sa.stride(0), sa.stride(1), sb.stride(0), sb.stride(1), o.stride(0) if split > 1 else 0,
@@ -456,7 +462,7 @@ def blockwise_mm(
         else:
             if not use_tma or split > 1:
                 raise ValueError(f"blockwise_mm: config {c!r} needs TMA-readable operands and no split-K")
-            _blockwise_tma_kernel[grid](
+            run(_blockwise_tma_kernel, grid)(
                 descriptor(qa, (bm, bk)), descriptor(qbt, (bn, bk)), o, sa, sb, bias_arg, m, n, k,
                 o.stride(0), o.stride(1), sa.stride(0), sa.stride(1), sb.stride(0), sb.stride(1),
                 WARP_SPECIALIZE=c.variant == 2, **common,
@@ -466,5 +472,5 @@ def blockwise_mm(
     if config is None:
         key = ("blockwise", scale_n, m_bucket(m), n, k, qa.dtype, qb.dtype, out_dtype, use_wgmma, use_tma,
                qa.device)  # fmt: skip
-        config = _TUNER.pick(key, _candidates(m, n, k, use_tma, use_wgmma), launch)
+        config = _TUNER.pick(key, lambda: _candidates(m, n, k, use_tma, use_wgmma), launch)
     return launch(config)

@@ -53,6 +53,7 @@ from .gemm_blockwise import (
     split_k_output,
 )
 from .gemm_wgmma import empty_tma_rows, scaled_wgmma_mm, wgmma_ok
+from .launch import cdiv, for_tensor
 
 __all__ = ["mx_mm"]
 
@@ -192,8 +193,8 @@ def _decoded_scales(e: torch.Tensor, transpose: bool) -> torch.Tensor:
     src = e.t() if transpose else e
     r, c = src.shape
     out = empty_tma_rows(r, c, e.device)
-    grid = (triton.cdiv(r, 16), triton.cdiv(c, 128))
-    _decode_scales_kernel[grid](src, out, r, c, src.stride(0), src.stride(1), out.stride(0),
+    grid = (cdiv(r, 16), cdiv(c, 128))
+    for_tensor(src)(_decode_scales_kernel, grid)(src, out, r, c, src.stride(0), src.stride(1), out.stride(0),
                                 BLOCK_R=16, BLOCK_C=128)  # fmt: skip
     return out
 
@@ -225,7 +226,7 @@ def mx_mm(
         )
     m, k = qa.shape
     n = qb.shape[1]
-    kb = triton.cdiv(k, MX_BLOCK)
+    kb = cdiv(k, MX_BLOCK)
     if tuple(ea.shape) != (m, kb) or tuple(eb.shape) != (kb, n):
         raise ValueError(
             f"mx_mm: expected scales ea {(m, kb)} and eb {(kb, n)} for M, N, K = {m}, {n}, {k}, "
@@ -234,7 +235,7 @@ def mx_mm(
     if ea.element_size() != 1 or eb.element_size() != 1:
         raise ValueError(f"mx_mm: expected e8m0 (1-byte) scales, got {ea.dtype} and {eb.dtype}")
     ea, eb = ea.view(torch.uint8), eb.view(torch.uint8)
-    done = _empty_product(m, n, k, torch.empty((m, n), dtype=out_dtype, device=qa.device), bias)
+    done = _empty_product(m, n, k, out_dtype, qa.device, bias)
     if done is not None:
         return done
     bias_arg = bias if bias is not None else ea  # never read without HAS_BIAS
@@ -244,8 +245,8 @@ def mx_mm(
             return _launch_wgmma(qa, ea, qb, eb, c, out_dtype, bias)
         meta = c.meta
         o, split = split_k_output(m, n, c.split_k, out_dtype, qa.device)
-        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split)
-        _mx_kernel[grid](
+        grid = (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), split)
+        for_tensor(qa)(_mx_kernel, grid)(
             qa, qb, o, ea, eb, bias_arg, m, n, k,
             qa.stride(0), qa.stride(1), qb.stride(0), qb.stride(1), o.stride(-2), o.stride(-1),
             ea.stride(0), ea.stride(1), eb.stride(0), eb.stride(1), o.stride(0) if split > 1 else 0,
@@ -257,5 +258,5 @@ def mx_mm(
     if config is None:
         wg = wgmma_ok(qa, qb)
         key = ("mx", m_bucket(m), n, k, qa.dtype, qb.dtype, out_dtype, wg, qa.device)
-        config = _TUNER.pick(key, _candidates(m, n, k, wg), launch)
+        config = _TUNER.pick(key, lambda: _candidates(m, n, k, wg), launch)
     return launch(config)

@@ -38,11 +38,10 @@ import functools
 from typing import Optional
 
 import torch
-import triton
 
 from .gemm_blockwise import Config, interpreting
-
 from .gluon_compat import HAS_GLUON as _HAS_GLUON_CORE, cta_barrier, gl, gluon
+from .launch import cdiv, fast
 
 try:  # Gluon's Hopper part (asynchronous wgmma, TMA)
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -430,7 +429,7 @@ def scaled_wgmma_mm(
         )
     m, k = qa.shape
     n = qb.shape[1]
-    kb = triton.cdiv(k, slice_k)
+    kb = cdiv(k, slice_k)
     qbt = qb.t()
     a_layout, b_layout, flat = _smem_layouts(bm, bn, bk, qa.dtype, qb.dtype)
     a_desc = _GluonDescriptor(qa, [m, k], [qa.stride(0), 1], [bm, bk], a_layout)
@@ -439,23 +438,15 @@ def scaled_wgmma_mm(
     scalar = sb_block_n > 1
     sb_desc = sa_desc if scalar else _GluonDescriptor(sb, [kb, n], [sb.stride(0), 1], [bk // slice_k, bn], flat)
     out = torch.empty((m, n), dtype=out_dtype, device=qa.device)
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    tiles = cdiv(m, bm) * cdiv(n, bn)
     # variant 6 is persistent, one program an SM; its 12 warps (two consumer warpgroups and the
     # loader's) at 168 registers fill the register file, the loader then hands its share to
     # the consumers (240 each)
-    _scaled_wgmma_kernel[(min(tiles, _device_facts(qa.device)[1]) if ws else tiles,)](
+    fast(_scaled_wgmma_kernel, (min(tiles, _device_facts(qa.device)[1]) if ws else tiles,))(
         a_desc, b_desc, sa_desc, sb_desc, sb, out, bias if bias is not None else out, m, n, k,
         out.stride(0), out.stride(1), sb.stride(0), sb.stride(1),
         SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=max(sb_block_n, 1), HAS_BIAS=bias is not None,
         STAGES=stages, WARPS_N=warps_n, GROUP_M=8, WS=ws, CONSUMER_REGS=240, num_warps=warps,
         **({"maxnreg": 168} if ws else {}),
-    )  # fmt: skip
-    return out
-    grid = (tiles,)
-    _scaled_wgmma_kernel[grid](
-        a_desc, b_desc, sa_desc, sb_desc, sb, out, bias if bias is not None else out, m, n, k,
-        out.stride(0), out.stride(1), sb.stride(0), sb.stride(1),
-        SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=max(sb_block_n, 1), HAS_BIAS=bias is not None,
-        STAGES=stages, WARPS_N=warps_n, GROUP_M=8, num_warps=warps,
     )  # fmt: skip
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from functools import lru_cache
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -25,6 +25,7 @@ import triton
 from ...formats import ElementFormat
 from ...quantize import Quantized, block_for, payload_shape, scale_grid_shape
 from ...recipes import WHOLE, QuantSpec
+from .launch import Launch, cdiv, direct, fast, wrapped
 from .quant_kernels import (
     E8M0_FLOOR,
     E8M0_RCEIL,
@@ -46,8 +47,6 @@ __all__ = ["supports", "quantize", "quantize_rowwise_and_columnwise", "supports_
 
 #: rowwise rows up to this many elements are quantized as one register tile
 ROW_TILE_MAX = 16384
-#: eager launches after the first skip Triton's argument binding (see _fast)
-FAST_LAUNCH = True
 #: the fp8 conversion is emulated in integer arithmetic where this is set
 #: (the interpreter always emulates; the GPU check also runs it on the GPU)
 FORCE_EMULATION = False
@@ -57,7 +56,6 @@ FORCE_EMULATION = False
 E2M1_ENCODER = 1
 
 _IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-Launch = Callable[..., Callable]
 
 
 class Config(NamedTuple):
@@ -73,52 +71,8 @@ class Config(NamedTuple):
 AMAX_PASS = Config(4, 8192, 8)
 
 
-def _direct(kernel, grid, key=None):
-    return kernel[grid]
-
-
-def _wrapped(kernel, grid, key=None):
-    return torch.library.wrap_triton(kernel)[grid]
-
-
-#: launch key -> (compiled kernel, constexpr values in parameter order)
-_LAUNCHERS: dict = {}
-
-
-def _stream(index: int):
-    return torch._C._cuda_getCurrentRawStream(index)
-
-
-def _fast(kernel, grid, key):
-    """``kernel[grid]`` for eager calls: the first launch of ``key`` goes
-    through Triton (specialization, compile), later ones call the compiled
-    kernel directly, skipping Triton's per-launch argument binding (most of
-    an eager quantize's host time). ``key`` must hold everything Triton
-    specializes on: the plan (shapes, constexprs), input dtypes, pointer
-    alignment, device. Any surprise turns the shortcut off for good."""
-
-    def go(*args, **meta):
-        global FAST_LAUNCH
-        entry = _LAUNCHERS.get(key) if FAST_LAUNCH else None
-        if entry is not None:
-            ck, consts = entry
-            try:
-                ck.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
-                       _stream(key[-1]), ck.function, ck.packed_metadata, None, None, None, *args, *consts)
-                return None
-            except Exception:  # a Triton whose launcher differs: use its own path
-                FAST_LAUNCH = False
-        ck = kernel[grid](*args, **meta)
-        if FAST_LAUNCH and key is not None and hasattr(ck, "packed_metadata") and hasattr(ck, "function"):
-            names = kernel.arg_names
-            _LAUNCHERS[key] = (ck, tuple(meta[n] for n in names[len(args):]))
-        return ck
-
-    return go
-
-
 def _eager(x: torch.Tensor) -> Launch:
-    return _fast if x.is_cuda and _native(x) else _direct
+    return fast if x.is_cuda and _native(x) else direct
 
 
 def _aligned(t: torch.Tensor) -> bool:
@@ -240,9 +194,9 @@ def _block_config(g: _Geometry, mode: int) -> Config:
 
 def _amax_pass_size(n: int, n_programs: int, amax_pass: Config) -> tuple[int, int]:
     """(programs, iterations each) of the amax pass over ``n`` elements."""
-    n_blk = triton.cdiv(n, amax_pass.width)
+    n_blk = cdiv(n, amax_pass.width)
     n_part = max(1, min(n_blk, n_programs))
-    return n_part, triton.cdiv(n_blk, n_part)
+    return n_part, cdiv(n_blk, n_part)
 
 
 def _amax_partials(x: torch.Tensor, n_part: int, part_iters: int, launch: Launch, key) -> torch.Tensor:
@@ -284,20 +238,20 @@ def _plan(spec: QuantSpec, shape: tuple, given: bool, has_bamax: bool, has_noise
         cfg = config or Config(1, 8192, 8)
         meta = dict(BLOCK=cfg.width, PART_P2=p2, MODE=mode, AMAX_GIVEN=given, NATIVE=native, REVERSE=reverse,
                     num_warps=cfg.warps, **{k: consts[k] for k in _TENSOR_KEYS})
-        return _Plan(n_part, part_iters, "tensor", (triton.cdiv(N, cfg.width),), (N, n_part), meta, *shapes)
+        return _Plan(n_part, part_iters, "tensor", (cdiv(N, cfg.width),), (N, n_part), meta, *shapes)
     if g.kind == "row" and triton.next_power_of_2(g.cols) > ROW_TILE_MAX:
         cfg = config or Config(4, 2048, 8)
         R = g.batch * g.rows
         meta = dict(BM=cfg.rows, BK=cfg.width, MODE=mode, AMAX_GIVEN=given, BLOCK_AMAX=has_bamax, NATIVE=native,
                     num_warps=cfg.warps, **{k: consts[k] for k in _TENSOR_KEYS})
-        return _Plan(0, 0, "rowloop", (triton.cdiv(R, cfg.rows),), (R, g.cols), meta, *shapes)
+        return _Plan(0, 0, "rowloop", (cdiv(R, cfg.rows),), (R, g.cols), meta, *shapes)
     cfg = config or _block_config(g, mode)
     bs = triton.next_power_of_2(g.cols) if g.kind == "row" else g.bk
     width = max(cfg.width, bs)
     rows = g.bm if g.bm > 1 else cfg.rows
-    n_mtiles = triton.cdiv(g.rows, rows)
-    n_ktiles = triton.cdiv(g.cols, width)
-    n_sk = 1 if g.kind == "row" else triton.cdiv(g.cols, g.bk)
+    n_mtiles = cdiv(g.rows, rows)
+    n_ktiles = cdiv(g.cols, width)
+    n_sk = 1 if g.kind == "row" else cdiv(g.cols, g.bk)
     sdt = spec.scale_torch_dtype
     finfo = torch.finfo(sdt) if sdt in (torch.bfloat16, torch.float16) else None
     meta = dict(
@@ -335,7 +289,7 @@ def _run(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor], noise: 
     pkey = (spec, shape, given, has_bamax, has_noise, _native(x), config, reverse, _n_programs(x), E2M1_ENCODER,
             AMAX_PASS)
     # eager shapes are ints: cache the plan; traced ones may be symbolic
-    plan = (_plan if launch is _wrapped else _plan_cached)(*pkey)
+    plan = (_plan if launch is wrapped else _plan_cached)(*pkey)
 
     grid_shape = plan.grid_shape
     qdata = torch.empty(plan.payload_shape, dtype=fmt.storage, device=dev)
@@ -350,7 +304,7 @@ def _run(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor], noise: 
     noise_arg = noise.to(device=dev, dtype=torch.float32).contiguous() if has_noise else x
 
     key = None
-    if launch is _fast:  # what Triton specializes on, beyond the plan
+    if launch is fast:  # what Triton specializes on, beyond the plan
         key = (pkey, x.dtype, _aligned(x), _aligned(amax_arg), _aligned(noise_arg), _aligned(bamax_arg), dev.index)
     part = x
     if plan.n_part:
@@ -445,18 +399,18 @@ def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torc
     s = torch.empty((1, 1), dtype=torch.float32, device=dev)
     st = torch.empty((1, 1), dtype=torch.float32, device=dev)
     amax_arg = amax.to(device=dev, dtype=torch.float32).reshape(1) if given else x
-    tma = launch is not _wrapped and _tma_ok(x, M, cfg.rows, cfg.width)  # (traced launches: plain pointers)
+    tma = launch is not wrapped and _tma_ok(x, M, cfg.rows, cfg.width)  # (traced launches: plain pointers)
     qt_arg = qt.view(torch.uint8)
     if tma:
         qt_arg = TensorDescriptor(qt_arg, shape=[K, M], strides=[M, 1], block_shape=[cfg.width, cfg.rows])
     key = None
-    if launch is _fast:
+    if launch is fast:
         key = ("tensor_rowcol", spec, M, K, cfg, given, tma, _n_programs(x), AMAX_PASS, x.dtype, _aligned(x),
                _aligned(amax_arg), dev.index)
     part = _amax_partials(x, n_part, part_iters, launch, key) if n_part else x
-    n_ktiles = triton.cdiv(K, cfg.width)
+    n_ktiles = cdiv(K, cfg.width)
     consts = _fp8_constants(spec.fmt, spec.margin)
-    launch(cast_tensorwise_rowcol_kernel, (triton.cdiv(M, cfg.rows) * n_ktiles,), key)(
+    launch(cast_tensorwise_rowcol_kernel, (cdiv(M, cfg.rows) * n_ktiles,), key)(
         x, q.view(torch.uint8), s, qt_arg, st, amax_arg, part, M, K, n_part, n_ktiles,
         BM=cfg.rows, BK=cfg.width, PART_P2=triton.next_power_of_2(max(n_part, 1)), MODE=_mode(spec),
         AMAX_GIVEN=given, NATIVE=_native(x), REVERSE=not given, TMA_T=tma, num_warps=cfg.warps,
@@ -475,7 +429,7 @@ def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Option
     mode = _mode(spec)
     sd = spec.scale_torch_dtype
     qt = torch.empty((K, M), dtype=spec.fmt.storage, device=dev)
-    st = torch.empty((K, triton.cdiv(M, B)), dtype=sd, device=dev)
+    st = torch.empty((K, cdiv(M, B)), dtype=sd, device=dev)
     # H100, 16384 x 14336 bf16 (benchmarks/results/quantize-h100.md): 1x128
     # two passes, the columns' tile 128 x 64, 0.56 ms against 0.72 at 128 x 128
     # and 1.0 for the one-pass tile (255 registers with spills for its (128,
@@ -492,11 +446,11 @@ def _run_rowcol(x: torch.Tensor, spec: QuantSpec, launch: Launch, config: Option
         q, s, _, _ = _run(x, spec, None, None, None, launch)
     else:
         q = torch.empty((M, K), dtype=spec.fmt.storage, device=dev)
-        s = torch.empty((M, triton.cdiv(K, B)), dtype=sd, device=dev)
+        s = torch.empty((M, cdiv(K, B)), dtype=sd, device=dev)
     sv = (lambda t: t) if sd == torch.float32 else (lambda t: t.view(torch.uint8))
-    key = ("rowcol", spec, M, K, cfg, x.dtype, _aligned(x), dev.index) if launch is _fast else None
-    args = (x, q.view(torch.uint8), sv(s), qt.view(torch.uint8), sv(st), M, K, triton.cdiv(K, B), triton.cdiv(M, B))
-    grid = (triton.cdiv(M, B), triton.cdiv(K, width))
+    key = ("rowcol", spec, M, K, cfg, x.dtype, _aligned(x), dev.index) if launch is fast else None
+    args = (x, q.view(torch.uint8), sv(s), qt.view(torch.uint8), sv(st), M, K, cdiv(K, B), cdiv(M, B))
+    grid = (cdiv(M, B), cdiv(K, width))
     consts = _fp8_constants(spec.fmt, spec.margin)
     if cfg.rows in (2, 4):
         launch(quant_rowcol2d_kernel, grid, key)(*args, B=B, W=width, MODE=mode, NATIVE=_native(x),
@@ -534,7 +488,7 @@ def triton_quantize(
     block_amax: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``breccia::quantize`` on the Triton kernels, visible to Inductor."""
-    return _run(x, QuantSpec.from_key(spec), amax, noise, block_amax, _wrapped)
+    return _run(x, QuantSpec.from_key(spec), amax, noise, block_amax, wrapped)
 
 
 @torch.library.triton_op("breccia::triton_quantize_rowcol", mutates_args=())
@@ -543,4 +497,4 @@ def triton_quantize_rowcol(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rowwise and columnwise FP8 payloads and scales of 2-D ``x`` (tensorwise
     or (1, B) blocks)."""
-    return _run_rowcol(x, QuantSpec.from_key(spec), _wrapped, amax=amax)
+    return _run_rowcol(x, QuantSpec.from_key(spec), wrapped, amax=amax)
