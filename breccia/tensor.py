@@ -9,6 +9,7 @@ it as a normal tensor. Every aten op on it goes through the op table in
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -21,6 +22,12 @@ from .recipes import QuantSpec, Recipe
 __all__ = ["ScaledTensor"]
 
 _INNER = ("qdata", "scale", "global_scale", "zero_point")
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_key(recipe: Recipe, role: str) -> str:
+    # read on every ScaledTensor made (F.linear's transpose makes one a call)
+    return recipe.spec(role).to_key()
 
 
 class ScaledTensor(torch.Tensor):
@@ -91,7 +98,7 @@ class ScaledTensor(torch.Tensor):
         self.role = role
         # the spec as a plain string: what traced code reads (torch.compile
         # can hold strings, not recipe objects, for tensors made in-graph)
-        self.spec_key = recipe.spec(role).to_key()
+        self.spec_key = _spec_key(recipe, role)
         self.block = tuple(block)
         self.qlayout = qlayout
         self.orig_dtype = orig_dtype

@@ -532,3 +532,19 @@ def test_custom_ops_pass_opcheck():
         cuda_routes.mxfp8_mm.op, (am.qdata, am.scale, bm.qdata, bm.scale, None, torch.float32),
         test_utils=("test_faketensor", "test_aot_dispatch_dynamic"),
     )
+
+
+def test_fast_launch_keys_follow_triton_specialization():
+    """Eager GEMM launches reuse a compiled kernel per key (launch.fast): the
+    key holds what Triton specializes on, so arguments Triton would compile
+    apart never share a kernel."""
+    from breccia.kernels.triton.launch import arg_class, cdiv, next_pow2
+
+    assert arg_class(4096) == arg_class(32) != arg_class(4100) != arg_class(1)
+    assert arg_class(2**31) != arg_class(2**31 - 16)  # i64 vs i32
+    t = torch.zeros(64)
+    assert arg_class(t) == arg_class(torch.ones(8)) != arg_class(t[1:])  # 16-byte alignment
+    assert arg_class(t) != arg_class(t.half())
+    assert arg_class(True) != arg_class(False) and arg_class(None) is None
+    assert [cdiv(a, 8) for a in (0, 1, 8, 9)] == [0, 1, 1, 2]
+    assert [next_pow2(n) for n in (0, 1, 2, 3, 1000, 1024)] == [1, 1, 2, 4, 1024, 1024]

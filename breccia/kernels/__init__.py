@@ -71,10 +71,9 @@ def _fp8_rowwise_or_tensorwise(a: ScaledTensor, b: ScaledTensor) -> bool:
     if dev.type == "cpu":
         return True
     if dev.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(dev)
         k, n = a.shape[1], b.shape[1]
         both_e5m2 = sa.element == sb.element == "e5m2"
-        return (major, minor) >= (8, 9) and k % 16 == 0 and n % 16 == 0 and not both_e5m2
+        return _cuda.capability(dev) >= (8, 9) and k % 16 == 0 and n % 16 == 0 and not both_e5m2
     return False
 
 
@@ -163,7 +162,7 @@ def scaled_mm(
     if out_dtype is None:
         out_dtype = b.dtype if not a_st else a.dtype
     recipe = (a if a_st else b).recipe
-    if a_st and b_st and a.recipe != b.recipe:
+    if a_st and b_st and a.recipe is not b.recipe and a.recipe != b.recipe:
         raise ValueError(
             f"{op}: operands quantized with different recipes ({a.recipe!r} and {b.recipe!r}); "
             "requantize one of them (breccia.requantize) or dequantize both"

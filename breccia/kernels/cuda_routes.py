@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..layouts import Plain, ScaleColumnMajor, Swizzled, swizzle_scales
 from ..library import custom_op
 from ..tensor import ScaledTensor
+from .triton.launch import device_facts
 
 __all__ = [
     "capability",
@@ -65,7 +66,7 @@ def capability(device: torch.device) -> Optional[tuple[int, int]]:
     mock this to pick routes for a pretend GPU)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.get_device_capability(device)
+    return device_facts(device)[0]
 
 
 @functools.lru_cache(maxsize=None)

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, for_tensor
+from .launch import cdiv, for_tensor, next_pow2
 
 __all__ = [
     "blockwise_mm",
@@ -103,7 +103,7 @@ class Config(tuple):
 def m_bucket(m: int) -> int:
     """Shapes whose M rounds to the same power of two share a tuned config,
     so a new batch size does not retune."""
-    return min(triton.next_power_of_2(max(m, 1)), 16384)
+    return min(next_pow2(m), 16384)
 
 
 class Tuner:

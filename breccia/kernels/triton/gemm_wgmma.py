@@ -41,7 +41,7 @@ import torch
 
 from .gemm_blockwise import Config, interpreting
 from .gluon_compat import HAS_GLUON as _HAS_GLUON_CORE, cta_barrier, gl, gluon
-from .launch import cdiv, fast
+from .launch import cdiv, device_facts, fast
 
 try:  # Gluon's Hopper part (asynchronous wgmma, TMA)
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -73,7 +73,7 @@ def wgmma_ok(qa: torch.Tensor, qb: torch.Tensor) -> bool:
     aligned rows (TMA)."""
     if not HAS_GLUON or interpreting() or qa.device.type != "cuda":
         return False
-    if _device_facts(qa.device)[0] != (9, 0):
+    if device_facts(qa.device)[0] != (9, 0):
         return False
     if qa.dtype not in _GL_FP8 or qb.dtype not in _GL_FP8:
         return False
@@ -84,13 +84,6 @@ def wgmma_ok(qa: torch.Tensor, qb: torch.Tensor) -> bool:
 
 
 # Per-call host work is cached: at 4096^3 a launch's Python cost is as long as the kernel.
-
-
-@functools.lru_cache(maxsize=None)
-def _device_facts(device: torch.device) -> tuple[tuple[int, int], int]:
-    """(capability, SM count) of a CUDA device."""
-    props = torch.cuda.get_device_properties(device)
-    return (props.major, props.minor), props.multi_processor_count
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,6 +109,8 @@ def tma_rows(s: torch.Tensor) -> torch.Tensor:
     transpose of an outer-dim-major ``ScaleColumnMajor`` grid), else one copy."""
     if s.stride(1) == 1 and s.stride(0) % 4 == 0 and s.data_ptr() % 16 == 0:
         return s
+    if s.shape[1] % 4 == 0:  # one copy kernel
+        return s.contiguous()
     return empty_tma_rows(*s.shape, s.device).copy_(s)
 
 
@@ -442,7 +437,7 @@ def scaled_wgmma_mm(
     # variant 6 is persistent, one program an SM; its 12 warps (two consumer warpgroups and the
     # loader's) at 168 registers fill the register file, the loader then hands its share to
     # the consumers (240 each)
-    fast(_scaled_wgmma_kernel, (min(tiles, _device_facts(qa.device)[1]) if ws else tiles,))(
+    fast(_scaled_wgmma_kernel, (min(tiles, device_facts(qa.device)[1]) if ws else tiles,))(
         a_desc, b_desc, sa_desc, sb_desc, sb, out, bias if bias is not None else out, m, n, k,
         out.stride(0), out.stride(1), sb.stride(0), sb.stride(1),
         SLICE=slice_k, SB_SCALAR=scalar, SB_BLOCK_N=max(sb_block_n, 1), HAS_BIAS=bias is not None,

@@ -10,18 +10,21 @@ A launch is ``launch(kernel, grid, key)(*args, **meta)``, one of:
   binding and specialization (tens of microseconds of host time a call, as
   long as a small kernel).
 
-Host arithmetic uses :func:`cdiv`, not ``triton.cdiv`` (a constexpr
-function: microseconds a call from Python).
+Host arithmetic per call uses :func:`cdiv` and :func:`next_pow2`, not
+``triton.cdiv`` / ``triton.next_power_of_2`` (constexpr functions:
+microseconds a call from Python); device facts come from
+:func:`device_facts`, read once per device. Nothing here imports Triton.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["FAST_LAUNCH", "Launch", "cdiv", "direct", "wrapped", "fast", "for_tensor", "arg_class"]
+__all__ = ["FAST_LAUNCH", "Launch", "cdiv", "next_pow2", "device_facts", "direct", "wrapped", "fast", "for_tensor", "arg_class"]
 
 #: eager launches after the first skip Triton's argument binding (see :func:`fast`)
 FAST_LAUNCH = True
@@ -34,6 +37,23 @@ _COMPILED: dict = {}
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The least power of two >= ``n`` (1 for ``n`` <= 1)."""
+    return 1 << (max(n, 1) - 1).bit_length()
+
+
+def device_facts(device: torch.device) -> tuple[tuple[int, int], int]:
+    """(compute capability, SM count) of a CUDA device, read once (a
+    properties query costs microseconds; routes ask on every call)."""
+    return _facts(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _facts(index: int) -> tuple[tuple[int, int], int]:
+    props = torch.cuda.get_device_properties(index)
+    return (props.major, props.minor), props.multi_processor_count
 
 
 def direct(kernel, grid, key=None):
@@ -54,15 +74,16 @@ def arg_class(a: Any) -> Any:
     it is 1 or a multiple of 16; a tensor's dtype and 16-byte alignment; a
     tensor descriptor's base dtype, block shape and layout; other values
     (None, bools, floats' types) as themselves."""
-    if isinstance(a, bool) or a is None:
-        return a
-    if isinstance(a, int):
+    t = type(a)
+    if t is int:
         return (a == 1, a % 16 == 0, -(2**31) <= a < 2**31)
-    if isinstance(a, float):
-        return float
+    if t is bool or a is None:
+        return a
     if isinstance(a, torch.Tensor):
         return (a.dtype, a.data_ptr() % 16 == 0)
-    return (type(a), a.base.dtype, tuple(a.block_shape), getattr(a, "layout", None))
+    if t is float:
+        return float
+    return (t, a.base.dtype, tuple(a.block_shape), getattr(a, "layout", None))
 
 
 def _stream(index: int):

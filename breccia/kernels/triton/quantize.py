@@ -25,7 +25,7 @@ import triton
 from ...formats import ElementFormat
 from ...quantize import Quantized, block_for, payload_shape, scale_grid_shape
 from ...recipes import WHOLE, QuantSpec
-from .launch import Launch, cdiv, direct, fast, wrapped
+from .launch import Launch, cdiv, device_facts, direct, fast, next_pow2, wrapped
 from .quant_kernels import (
     E8M0_FLOOR,
     E8M0_RCEIL,
@@ -83,14 +83,11 @@ def _native(x: torch.Tensor) -> bool:
     return x.is_cuda and not FORCE_EMULATION and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
-@lru_cache(maxsize=None)
-def _sm_count(index: Optional[int]) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _n_programs(x: torch.Tensor) -> int:
     """Programs of the persistent amax pass: a few per SM."""
-    return AMAX_PASS.rows * _sm_count(x.device.index) if x.is_cuda else 4
+    return AMAX_PASS.rows * device_facts(x.device)[1] if x.is_cuda else 4
 
 
 def _pow2(n: int) -> bool:
@@ -379,7 +376,7 @@ def _tma_ok(x: torch.Tensor, M: int, rows: int, width: int) -> bool:
     """A TMA store of (width, rows) uint8 blocks into a (K, M) tensor: sm90+,
     rows of 16-byte multiples, block sides of 16 to 256."""
     if not (TENSOR_ROWCOL_TMA and TensorDescriptor is not None and _native(x)
-            and torch.cuda.get_device_capability(x.device)[0] >= 9):
+            and device_facts(x.device)[0][0] >= 9):
         return False
     return M % 16 == 0 and 16 <= rows <= 256 and 16 <= width <= 256
 
@@ -412,7 +409,7 @@ def _run_tensorwise_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torc
     consts = _fp8_constants(spec.fmt, spec.margin)
     launch(cast_tensorwise_rowcol_kernel, (cdiv(M, cfg.rows) * n_ktiles,), key)(
         x, q.view(torch.uint8), s, qt_arg, st, amax_arg, part, M, K, n_part, n_ktiles,
-        BM=cfg.rows, BK=cfg.width, PART_P2=triton.next_power_of_2(max(n_part, 1)), MODE=_mode(spec),
+        BM=cfg.rows, BK=cfg.width, PART_P2=next_pow2(n_part), MODE=_mode(spec),
         AMAX_GIVEN=given, NATIVE=_native(x), REVERSE=not given, TMA_T=tma, num_warps=cfg.warps,
         **{k: consts[k] for k in _TENSOR_KEYS})
     return q, s, qt, st
