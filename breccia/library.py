@@ -5,6 +5,10 @@ Registering them (with fake implementations that only compute shapes) lets
 keeps their bits identical to eager: Inductor treats each op as one opaque
 call. The kernel router (``breccia.kernels``) decides which implementation
 runs; on any device the reference in :mod:`breccia.quantize` is correct.
+
+Every breccia custom op (these and the GEMM routes' ops) is declared with
+:func:`custom_op`: in plain eager mode a call runs the op's Python body
+directly, without the dispatcher's per-call cost; under tracing it is the op.
 """
 
 from __future__ import annotations

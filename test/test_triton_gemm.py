@@ -548,3 +548,21 @@ def test_fast_launch_keys_follow_triton_specialization():
     assert arg_class(True) != arg_class(False) and arg_class(None) is None
     assert [cdiv(a, 8) for a in (0, 1, 8, 9)] == [0, 1, 1, 2]
     assert [next_pow2(n) for n in (0, 1, 2, 3, 1000, 1024)] == [1, 1, 2, 4, 1024, 1024]
+
+
+def test_tma_rows_gives_aligned_row_major_scales():
+    """The wgmma kernel reads scale rows by TMA: rows contiguous, row stride
+    and base 16-byte aligned; tma_rows passes such grids through and copies
+    the rest (padding rows whose length is not a multiple of 4 floats)."""
+    from breccia.kernels.triton.gemm_wgmma import tma_rows
+
+    def ok(t):
+        return t.stride(1) == 1 and t.stride(0) % 4 == 0 and t.data_ptr() % 16 == 0
+
+    g = torch.randn(8, 64)
+    assert tma_rows(g) is g
+    for s in (g.t(), g[:, 1:61], g.t()[:, :6], torch.randn(4, 130)[:, :124]):
+        r = tma_rows(s)
+        assert ok(r) and torch.equal(r, s)
+    shifted = torch.randn(65)[1:].view(4, 16)  # contiguous, rows of 16 floats, base 4 bytes past alignment
+    assert shifted.data_ptr() % 16 and ok(tma_rows(shifted)) and torch.equal(tma_rows(shifted), shifted)

@@ -194,8 +194,9 @@ def _decoded_scales(e: torch.Tensor, transpose: bool) -> torch.Tensor:
     r, c = src.shape
     out = empty_tma_rows(r, c, e.device)
     grid = (cdiv(r, 16), cdiv(c, 128))
-    for_tensor(src)(_decode_scales_kernel, grid)(src, out, r, c, src.stride(0), src.stride(1), out.stride(0),
-                                BLOCK_R=16, BLOCK_C=128)  # fmt: skip
+    for_tensor(src)(_decode_scales_kernel, grid)(
+        src, out, r, c, src.stride(0), src.stride(1), out.stride(0), BLOCK_R=16, BLOCK_C=128
+    )
     return out
 
 

@@ -83,8 +83,6 @@ def _native(x: torch.Tensor) -> bool:
     return x.is_cuda and not FORCE_EMULATION and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
-
-
 def _n_programs(x: torch.Tensor) -> int:
     """Programs of the persistent amax pass: a few per SM."""
     return AMAX_PASS.rows * device_facts(x.device)[1] if x.is_cuda else 4
