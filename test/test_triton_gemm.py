@@ -275,6 +275,9 @@ def test_kernel_argument_errors():
     am, bm = operands(MX, 8, 16, 128)
     with pytest.raises(ValueError, match="e8m0"):
         mx_mm(am.qdata, am.scale.float(), bm.qdata, bm.scale.float())
+    # the pointer and TMA loops fold one 128-wide scale block per K step
+    with pytest.raises(ValueError, match="BLOCK_K 128"):
+        blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, config=gemm_blockwise.Config(16, 64, 256, 4, 3, 0, 4))
 
 
 # --------------------------------------------------------------------------- routes

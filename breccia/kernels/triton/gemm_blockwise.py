@@ -174,11 +174,14 @@ def _candidates(m: int, n: int, k: int, tma: bool, wgmma: bool = False) -> list[
     # 128x128 on 8 warps for large M; small M is weight-bandwidth bound: thin
     # tiles, deep pipelines. The last candidate is the portable pointer
     # kernel (the tuner's reference). The lists keep what won somewhere on an
-    # H100 (benchmarks/results/gemm-h100.md); 64x128 tiles on 4 warps, a
-    # hand-pipelined fold and split-K measured slower everywhere.
+    # H100 (benchmarks/results/gemm-h100.md); 64x128 tiles on 4 warps and a
+    # hand-pipelined fold measured slower everywhere, split-K everywhere but
+    # at M <= 16 on an H200.
     if m <= 64:
         bm = 16 if m <= 16 else 64
         ptr = [Config(bm, 64, 128, 4, 5), Config(bm, 32, 128, 4, 6)]
+        if m <= 16:  # CUDA-graphed at N = K = 8192 on an H200: 1.10x cuBLAS at M = 1 (unsplit 0.85-0.95x)
+            ptr = [Config(16, 128, 128, 4, 4, 0, 4)] + ptr
         tmas = [Config(64, 64, 128, 4, 6, 1)]
     elif m <= 256:
         ptr = [Config(64, 64, 128, 4, 5), Config(64, 128, 128, 4, 4)]
@@ -447,6 +450,8 @@ def blockwise_mm(
         bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
         if c.variant in (5, 6):  # the Gluon wgmma loops (gemm_wgmma)
             return _launch_wgmma(qa, sa, qb, sb, scale_n, c, out_dtype, bias)
+        if bk != SCALE_BLOCK:  # these loops fold one scale per K step
+            raise ValueError(f"blockwise_mm: config {c!r} needs BLOCK_K {SCALE_BLOCK} (variants 0-2), got {bk}")
         o, split = split_k_output(m, n, c.split_k, out_dtype, qa.device)
         grid = (cdiv(m, bm) * cdiv(n, bn), split)
         common = dict(HAS_BIAS=bias is not None and split == 1, SCALAR_SB=scale_n % bn == 0, GROUP_M=8,
