@@ -278,6 +278,8 @@ def test_kernel_argument_errors():
     # the pointer and TMA loops fold one 128-wide scale block per K step
     with pytest.raises(ValueError, match="BLOCK_K 128"):
         blockwise_mm(a.qdata, a.scale, b.qdata, b.scale, config=gemm_blockwise.Config(16, 64, 256, 4, 3, 0, 4))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        mx_mm(am.qdata, am.scale, bm.qdata, bm.scale, config=gemm_mx.Config(16, 16, 16, 4, 2))
 
 
 # --------------------------------------------------------------------------- routes

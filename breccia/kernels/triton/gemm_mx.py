@@ -245,6 +245,8 @@ def mx_mm(
         if c.variant in (5, 6):  # the Gluon wgmma loops (gemm_wgmma)
             return _launch_wgmma(qa, ea, qb, eb, c, out_dtype, bias)
         meta = c.meta
+        if meta["BLOCK_K"] % MX_BLOCK:  # whole 32-wide scale blocks a step
+            raise ValueError(f"mx_mm: config {c!r} needs BLOCK_K a multiple of {MX_BLOCK}, got {meta['BLOCK_K']}")
         o, split = split_k_output(m, n, c.split_k, out_dtype, qa.device)
         grid = (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), split)
         for_tensor(qa)(_mx_kernel, grid)(
