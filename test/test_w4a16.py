@@ -288,7 +288,7 @@ def test_config_choice():
             assert c.sets in (2, 3, 4) and c.pdl in ((2,) if mb <= 8 else (0, 2) if tiles == 2 else (0,))
     # M = 2..8 run the one-token-block kernel: they take the M = 1 entry
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+        mp.setattr(w4a16, "device_facts", lambda device: ((9, 0), 132))
         for m in (2, 5, 8):
             assert w4a16.config_for(torch.device("cuda"), "nvfp4", m, 8192, 8192, True) == w4a16.TUNED[(9, "nvfp4", 1, 8192, 8192)]
         assert w4a16.config_for(torch.device("cuda"), "nvfp4", 9, 8192, 8192, True) == w4a16.TUNED[(9, "nvfp4", 16, 8192, 8192)]

@@ -37,20 +37,18 @@ them once (:class:`Tuner`); ``gemm_mx`` shares the tuner and the helpers.
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from .launch import cdiv, for_tensor, next_pow2
+from .launch import cdiv, for_tensor, interpreting, next_pow2
 
 __all__ = [
     "blockwise_mm",
     "Tuner",
     "Config",
-    "interpreting",
     "tma_ok",
     "descriptor",
     "split_k_output",
@@ -59,11 +57,6 @@ __all__ = [
 
 #: elements per scale along K for the activation, and along K and N for the weight
 SCALE_BLOCK = 128
-
-
-def interpreting() -> bool:
-    """True under ``TRITON_INTERPRET=1`` (the kernels then run on the CPU)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # --------------------------------------------------------------------------- configs and tuning

@@ -44,7 +44,6 @@ import triton.language as tl
 from .gemm_blockwise import (
     Config,
     Tuner,
-    interpreting,
     _empty_product,
     _store_tile,
     _tile,
@@ -53,7 +52,7 @@ from .gemm_blockwise import (
     split_k_output,
 )
 from .gemm_wgmma import empty_tma_rows, scaled_wgmma_mm, wgmma_ok
-from .launch import cdiv, for_tensor
+from .launch import cdiv, for_tensor, interpreting
 
 __all__ = ["mx_mm"]
 

@@ -39,9 +39,9 @@ from typing import Optional
 
 import torch
 
-from .gemm_blockwise import Config, interpreting
+from .gemm_blockwise import Config
 from .gluon_compat import HAS_GLUON as _HAS_GLUON_CORE, cta_barrier, gl, gluon
-from .launch import cdiv, device_facts, fast
+from .launch import cdiv, device_facts, fast, interpreting
 
 try:  # Gluon's Hopper part (asynchronous wgmma, TMA)
     from triton.experimental.gluon.language.nvidia.hopper import (

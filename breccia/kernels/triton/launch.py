@@ -24,7 +24,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["FAST_LAUNCH", "Launch", "cdiv", "next_pow2", "device_facts", "direct", "wrapped", "fast", "for_tensor", "arg_class"]
+__all__ = [
+    "FAST_LAUNCH", "Launch", "cdiv", "next_pow2", "device_facts", "interpreting", "direct", "wrapped", "fast",
+    "for_tensor", "arg_class",
+]  # fmt: skip
 
 #: eager launches after the first skip Triton's argument binding (see :func:`fast`)
 FAST_LAUNCH = True
@@ -42,6 +45,11 @@ def cdiv(a: int, b: int) -> int:
 def next_pow2(n: int) -> int:
     """The least power of two >= ``n`` (1 for ``n`` <= 1)."""
     return 1 << (max(n, 1) - 1).bit_length()
+
+
+def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1`` (the kernels then run on the CPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def device_facts(device: torch.device) -> tuple[tuple[int, int], int]:
@@ -66,7 +74,7 @@ def wrapped(kernel, grid, key=None):
 
 def for_tensor(t: torch.Tensor) -> Launch:
     """:func:`fast` for an operand on a GPU, :func:`direct` under the interpreter."""
-    return fast if t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1" else direct
+    return fast if t.is_cuda and not interpreting() else direct
 
 
 def arg_class(a: Any) -> Any:

@@ -15,7 +15,6 @@ of the next pass), never read back with ``.item()``.
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 from typing import NamedTuple, Optional
 
@@ -25,7 +24,7 @@ import triton
 from ...formats import ElementFormat
 from ...quantize import Quantized, block_for, payload_shape, scale_grid_shape
 from ...recipes import WHOLE, QuantSpec
-from .launch import Launch, cdiv, device_facts, direct, fast, next_pow2, wrapped
+from .launch import Launch, cdiv, device_facts, direct, fast, interpreting, next_pow2, wrapped
 from .quant_kernels import (
     E8M0_FLOOR,
     E8M0_RCEIL,
@@ -80,7 +79,7 @@ def _aligned(t: torch.Tensor) -> bool:
 
 
 def _native(x: torch.Tensor) -> bool:
-    return x.is_cuda and not FORCE_EMULATION and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    return x.is_cuda and not FORCE_EMULATION and not interpreting()
 
 
 def _n_programs(x: torch.Tensor) -> int:
@@ -146,7 +145,7 @@ def supports(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tensor] = No
     of the scale grid's size."""
     if x.dtype not in _IN_DTYPES or x.dim() == 0 or x.numel() == 0:
         return False
-    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
+    if not (x.is_cuda or interpreting()):
         return False
     if amax is not None and amax.numel() != 1:
         return False
@@ -343,7 +342,7 @@ def supports_rowcol(x: torch.Tensor, spec: QuantSpec, amax: Optional[torch.Tenso
     b = tuple(spec.block)
     if not (
         x.dim() == 2 and x.numel() > 0 and x.dtype in _IN_DTYPES
-        and (x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1")
+        and (x.is_cuda or interpreting())
         and spec.fmt.bits == 8 and not spec.stochastic
     ):
         return False

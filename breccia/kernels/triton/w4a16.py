@@ -60,7 +60,6 @@ table lacks.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
@@ -72,6 +71,7 @@ import triton
 import triton.language as tl
 
 from ... import packing
+from .launch import device_facts
 
 __all__ = ["Config", "candidates", "config_for", "mma_applies", "autotune", "bench_graph", "w4a16_mm", "KINDS"]
 
@@ -313,12 +313,12 @@ _load_cache_file()
 
 
 def _key(device: torch.device, kind: str, m: int, n: int, k: int) -> tuple:
-    major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else 0
+    major = device_facts(device)[0][0] if device.type == "cuda" else 0
     return (major, kind, _m_bucket(m), n, k)
 
 
 def _sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    return device_facts(device)[1] if device.type == "cuda" else 132
 
 
 def config_for(device: torch.device, kind: str, m: int, n: int, k: int, mma: bool = False) -> Config:
@@ -334,14 +334,8 @@ def config_for(device: torch.device, kind: str, m: int, n: int, k: int, mma: boo
     return cfg
 
 
-@functools.lru_cache(maxsize=None)
-def _capability_major(index: int) -> int:
-    return torch.cuda.get_device_capability(index)[0]
-
-
-@functools.lru_cache(maxsize=None)
-def _mma_device_ok(index: int) -> bool:
-    if torch.cuda.get_device_capability(index) < (8, 0):
+def _mma_device_ok(device: torch.device) -> bool:
+    if device_facts(device)[0] < (8, 0):
         return False
     from . import w4a16_mma
 
@@ -361,7 +355,7 @@ def mma_applies(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, kind:
     ones decode in fp32: see the tensor-core kernel)."""
     if _INTERPRET or x.device.type != "cuda" or x.shape[0] > MMA_MAX_M or k % 16:
         return False
-    if not _mma_device_ok(x.device.index if x.device.index is not None else torch.cuda.current_device()):
+    if not _mma_device_ok(x.device):
         return False
     if kind == "nvfp4":
         if x.dtype != torch.bfloat16:
@@ -784,7 +778,7 @@ def _launch_mma_chunk(x, qdata, scale, zp, gs, bias, kind, group, n, k, out, cfg
     fp16 = x.dtype == torch.float16
     two_n = m > 8
     asm, cons = w4a16_mma.mma_asm(KINDS[kind], fp16, two_n)
-    pdl = cfg.pdl if PDL and _capability_major(x.device.index if x.device.index is not None else torch.cuda.current_device()) >= 9 else 0
+    pdl = cfg.pdl if PDL and device_facts(x.device)[0][0] >= 9 else 0
     grid = (-(-nt // tiles), split)
     w4a16_mma.w4a16_mma_kernel[grid](
         x, qdata, scale, zp, gs, bias if bias is not None else out, out, ws, cnt,
